@@ -1,0 +1,39 @@
+# One virtual environment, installed from setup.cfg under requirements/constraints.txt.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install lint format test test-all demo bench clean
+
+install: $(STAMP)
+
+# The stamp makes a second `make install` a no-op until the dependency files change.
+$(STAMP): setup.cfg pyproject.toml requirements/constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[test]'
+	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: install lint
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	bash scripts/demo.sh
+
+bench: install
+	$(PY) -m benchmarks.efficiency
+	$(PY) -m benchmarks.accuracy
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache demo_out

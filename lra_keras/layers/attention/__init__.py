@@ -1,0 +1,1 @@
+"""Attention variants; each module registers its class in `registry.ATTENTIONS`."""

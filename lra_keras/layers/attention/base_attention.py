@@ -1,0 +1,433 @@
+"""The attention contract: a drop-in replacement for `keras.layers.MultiHeadAttention`."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from lra_keras.layers.attention import attention_utils
+
+# MultiHeadAttention arguments this contract refuses, with what to use instead.
+_REFUSED_MHA_ARGUMENTS = {
+    "attention_axes": "use the `axial` variant for attention over several axes",
+    "flash_attention": "use the `chunked` variant for exact attention in O(L) memory",
+    "sliding_window": "use the `local` or `longformer` variant for windowed attention",
+    "use_gate": "gated attention is not part of this contract",
+}
+_REFUSED_DEFAULTS = {"attention_axes": None, "flash_attention": None, "sliding_window": None}
+
+
+@keras.saving.register_keras_serializable(package="lra_keras")
+class BaseAttention(keras.layers.Layer):
+    """Base of every attention variant: MultiHeadAttention's interface, one `_attend` to write.
+
+    The base owns the four `EinsumDense` projections (named `query`, `key`, `value` and
+    `attention_output`, with MultiHeadAttention's kernel and bias shapes), mask merging, the
+    zeroing of padded query rows, attention dropout on explicit probability tensors, the dtype
+    policy, input validation and `get_config`. A variant implements
+    `_attend(q, k, v, *, query, query_mask, key_mask, causal, training)` on projected tensors of
+    shape `[batch, length, heads, dim]` and, if it has weights of its own,
+    `_build_variant(query_shape, value_shape)`.
+
+    Capabilities are class attributes; asking a variant for one it lacks raises a `ValueError`
+    that names the variant and the capability:
+    `supports_causal`, `strictly_causal` (the output at t does not depend on inputs after t),
+    `supports_cross_attention` (query length != key length), `needs_static_length` (the length
+    is fixed at build), `supports_attention_scores` and `supports_attention_mask` (a dense
+    `[batch, T, S]` mask; other variants take padding masks as `[batch, length]` vectors).
+
+    Args:
+        num_heads: int. Number of attention heads.
+        key_dim: int. Size of each head for query and key.
+        value_dim: int. Size of each head for value; defaults to `key_dim`.
+        dropout: float. Dropout on the attention probabilities, for variants that form them.
+        use_bias: bool. Whether the projections use biases.
+        output_shape: int or tuple. Last dimension(s) of the output; defaults to the query's.
+        kernel_initializer: Initializer of the projection kernels.
+        bias_initializer: Initializer of the projection biases.
+        kernel_regularizer: Regularizer of the projection kernels.
+        bias_regularizer: Regularizer of the projection biases.
+        activity_regularizer: Regularizer of the output.
+        kernel_constraint: Constraint of the projection kernels.
+        bias_constraint: Constraint of the projection biases.
+        seed: int. Seed of dropout, per-call noise and the random structure drawn at build.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        query: Query tensor `[batch, T, dim]`.
+        value: Value tensor `[batch, S, dim]`.
+        key: Optional key tensor `[batch, S, dim]`; defaults to `value`.
+        query_mask: Optional boolean `[batch, T]`, True = real token. Taken from the query's
+            Keras mask (`Embedding(mask_zero=True)`) when not given.
+        value_mask: Optional boolean `[batch, S]`; likewise from the value's Keras mask.
+        key_mask: Optional boolean `[batch, S]`; likewise from the key's Keras mask.
+        attention_mask: Optional boolean `[batch, T, S]`; only variants with
+            `supports_attention_mask` accept it.
+        return_attention_scores: bool. Also return the `[batch, heads, T, S]` probabilities
+            (only variants with `supports_attention_scores`).
+        training: bool. Training mode (dropout, noise).
+        use_causal_mask: bool. Query i sees keys j <= i.
+
+    Returns:
+        The attention output `[batch, T, output_dim]`, zero at padded query positions (and the
+        scores, when asked).
+
+    Masking: masks are merged as MultiHeadAttention merges them (logical AND); padded keys are
+    excluded and padded query rows of the output are exactly zero; a fully padded row is zero,
+    never NaN.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from lra_keras.layers import get_attention
+    >>> layer = get_attention("full", num_heads=2, key_dim=8)
+    >>> x = np.random.rand(2, 16, 32).astype("float32")
+    >>> mask = np.arange(16)[None, :] < np.array([[16], [9]])
+    >>> layer(x, x, query_mask=mask, value_mask=mask).shape
+    (2, 16, 32)
+
+    Reference:
+        Vaswani et al., "Attention Is All You Need", NeurIPS 2017.
+        Tay et al., "Efficient Transformers: A Survey", ACM Computing Surveys 2022.
+    """
+
+    supports_causal = True
+    strictly_causal = True
+    supports_cross_attention = True
+    needs_static_length = False
+    supports_attention_scores = False
+    supports_attention_mask = False
+    # The registry name, set by `register_attention`.
+    attention_name = "base"
+
+    def __init__(
+        self,
+        num_heads: int,
+        key_dim: int,
+        value_dim: int | None = None,
+        dropout: float = 0.0,
+        use_bias: bool = True,
+        output_shape=None,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        for arg, advice in _REFUSED_MHA_ARGUMENTS.items():
+            if arg in kwargs:
+                value = kwargs.pop(arg)
+                if value != _REFUSED_DEFAULTS.get(arg, False):
+                    raise ValueError(
+                        f"{type(self).__name__} does not take MultiHeadAttention's `{arg}` "
+                        f"(got {value!r}): {advice}."
+                    )
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        if int(num_heads) <= 0 or int(key_dim) <= 0:
+            raise ValueError(
+                f"{type(self).__name__}: `num_heads` and `key_dim` must be positive integers, "
+                f"got num_heads={num_heads!r}, key_dim={key_dim!r}."
+            )
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(
+                f"{type(self).__name__}: `dropout` must be in [0, 1), got {dropout!r}."
+            )
+        self.supports_masking = True
+        self.num_heads = int(num_heads)
+        self.key_dim = int(key_dim)
+        self.value_dim = int(value_dim) if value_dim else self.key_dim
+        self.dropout = float(dropout)
+        self.use_bias = use_bias
+        self._output_shape = output_shape
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self._dropout_layer = keras.layers.Dropout(
+            rate=self.dropout, seed=seed, dtype=self.dtype_policy
+        )
+
+    @property
+    def output_shape(self):
+        return self._output_shape
+
+    # ------------------------------------------------------------------ build
+
+    def _sublayer_kwargs(self) -> dict:
+        # Fresh initializer objects per sublayer, as MultiHeadAttention does, so that a seeded
+        # initializer does not give the four kernels the same values.
+        def clone(initializer):
+            return initializer.__class__.from_config(initializer.get_config())
+
+        return dict(
+            kernel_initializer=clone(self.kernel_initializer),
+            bias_initializer=clone(self.bias_initializer),
+            kernel_regularizer=self.kernel_regularizer,
+            bias_regularizer=self.bias_regularizer,
+            kernel_constraint=self.kernel_constraint,
+            bias_constraint=self.bias_constraint,
+            dtype=self.dtype_policy,
+        )
+
+    def _output_dims(self, query_shape) -> tuple:
+        if self._output_shape is None:
+            return (query_shape[-1],)
+        if isinstance(self._output_shape, int):
+            return (self._output_shape,)
+        return tuple(self._output_shape)
+
+    def _build_projections(self, query_shape, value_shape, key_shape):
+        bias = "de" if self.use_bias else None
+        self._query_dense = keras.layers.EinsumDense(
+            "abc,cde->abde",
+            output_shape=(None, self.num_heads, self.key_dim),
+            bias_axes=bias,
+            name="query",
+            **self._sublayer_kwargs(),
+        )
+        self._query_dense.build(query_shape)
+        self._key_dense = keras.layers.EinsumDense(
+            "abc,cde->abde",
+            output_shape=(None, self.num_heads, self.key_dim),
+            bias_axes=bias,
+            name="key",
+            **self._sublayer_kwargs(),
+        )
+        self._key_dense.build(key_shape)
+        self._value_dense = keras.layers.EinsumDense(
+            "abc,cde->abde",
+            output_shape=(None, self.num_heads, self.value_dim),
+            bias_axes=bias,
+            name="value",
+            **self._sublayer_kwargs(),
+        )
+        self._value_dense.build(value_shape)
+        out_dims = self._output_dims(query_shape)
+        out_letters = "efgh"[: len(out_dims)]
+        self._output_dense = keras.layers.EinsumDense(
+            f"abcd,cd{out_letters}->ab{out_letters}",
+            output_shape=(None,) + out_dims,
+            bias_axes=out_letters if self.use_bias else None,
+            name="attention_output",
+            **self._sublayer_kwargs(),
+        )
+        self._output_dense.build(tuple(query_shape[:2]) + (self.num_heads, self.value_dim))
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        key_shape = value_shape if key_shape is None else key_shape
+        self._check_shapes(query_shape, value_shape, key_shape)
+        self._build_projections(query_shape, value_shape, key_shape)
+        self._build_variant(query_shape, value_shape)
+        self.built = True
+
+    def _build_variant(self, query_shape, value_shape):
+        """Creates the variant's own weights; the default has none."""
+
+    # ------------------------------------------------------------ validation
+
+    def _capability_error(self, capability: str, detail: str = "") -> ValueError:
+        name = self.attention_name
+        return ValueError(
+            f"Attention variant '{name}' ({type(self).__name__}) does not support {capability}"
+            + (f": {detail}" if detail else ".")
+        )
+
+    def _check_shapes(self, query_shape, value_shape, key_shape):
+        for arg, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
+            if len(shape) != 3:
+                raise ValueError(
+                    f"{type(self).__name__}: `{arg}` must have shape [batch, length, dim], "
+                    f"got shape {tuple(shape)}."
+                )
+        if tuple(value_shape[:2]) != tuple(key_shape[:2]) and None not in tuple(key_shape[:2]):
+            raise ValueError(
+                f"{type(self).__name__}: `key` and `value` must have the same batch and length, "
+                f"got {tuple(key_shape)} and {tuple(value_shape)}."
+            )
+        t, s = query_shape[1], value_shape[1]
+        if not self.supports_cross_attention and t is not None and s is not None and t != s:
+            raise self._capability_error(
+                "cross-attention",
+                f"query length {t} differs from key length {s}; it is self-attention only.",
+            )
+
+    def _check_mask(self, arg: str, mask, batch_and_length):
+        if mask is None:
+            return None
+        if len(mask.shape) != 2:
+            raise ValueError(
+                f"{type(self).__name__}: `{arg}` must be a [batch, length] padding mask "
+                f"(True = real token), got shape {tuple(mask.shape)}."
+            )
+        for got, want in zip(mask.shape, batch_and_length, strict=True):
+            if got is not None and want is not None and got != want:
+                raise ValueError(
+                    f"{type(self).__name__}: `{arg}` has shape {tuple(mask.shape)}, which does "
+                    f"not match the input's [batch, length] = {tuple(batch_and_length)}."
+                )
+        return ops.cast(mask, "bool")
+
+    # ------------------------------------------------------------------ call
+
+    def call(
+        self,
+        query,
+        value,
+        key=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
+        attention_mask=None,
+        return_attention_scores=False,
+        training=None,
+        use_causal_mask=False,
+    ):
+        key_is_value = key is None or key is value
+        if key is None:
+            key = value
+        for arg, x in (("query", query), ("value", value), ("key", key)):
+            if not keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype)):
+                raise ValueError(
+                    f"{type(self).__name__}: `{arg}` must be a floating-point tensor "
+                    f"(embed token ids first), got dtype {x.dtype}."
+                )
+        self._check_shapes(query.shape, value.shape, key.shape)
+        # Keras fills `query_mask`/`value_mask`/`key_mask` from the inputs' implicit masks
+        # (`Embedding(mask_zero=True)`) in `__call__`, as for MultiHeadAttention. The masks are
+        # consumed here, so the projections get unmasked copies (they do not support masking).
+        if hasattr(query, "_keras_mask"):
+            query = ops.identity(query)
+        if hasattr(value, "_keras_mask"):
+            value = ops.identity(value)
+        key = value if key_is_value else (ops.identity(key) if hasattr(key, "_keras_mask") else key)
+        query_mask = self._check_mask("query_mask", query_mask, query.shape[:2])
+        value_mask = self._check_mask("value_mask", value_mask, value.shape[:2])
+        key_mask = self._check_mask("key_mask", key_mask, key.shape[:2])
+        if use_causal_mask and not self.supports_causal:
+            raise self._capability_error("causal masking (`use_causal_mask=True`)")
+        if attention_mask is not None and not self.supports_attention_mask:
+            raise self._capability_error(
+                "a dense `attention_mask`",
+                "pass padding masks as `query_mask`/`value_mask` ([batch, length] vectors).",
+            )
+        if return_attention_scores and not self.supports_attention_scores:
+            raise self._capability_error(
+                "`return_attention_scores`", "it never forms the attention matrix."
+            )
+
+        if query_mask is None:
+            query_mask = ops.ones_like(query[..., 0], dtype="bool")
+        kv_mask = None
+        for m in (value_mask, key_mask):
+            if m is not None:
+                kv_mask = m if kv_mask is None else ops.logical_and(kv_mask, m)
+        if kv_mask is None:
+            kv_mask = ops.ones_like(value[..., 0], dtype="bool")
+
+        q = self._query_dense(query)
+        k = self._key_dense(key)
+        v = self._value_dense(value)
+        extra = {}
+        if self.supports_attention_mask:
+            extra["attention_mask"] = (
+                None if attention_mask is None else ops.cast(attention_mask, "bool")
+            )
+        if self.supports_attention_scores:
+            extra["return_attention_scores"] = return_attention_scores
+        result = self._attend(
+            q,
+            k,
+            v,
+            query=query,
+            query_mask=query_mask,
+            key_mask=kv_mask,
+            causal=bool(use_causal_mask),
+            training=training,
+            **extra,
+        )
+        scores = None
+        if return_attention_scores:
+            result, scores = result
+        result = ops.cast(result, self.compute_dtype)
+        output = self._output_dense(attention_utils.zero_padded(result, query_mask))
+        # The output bias would make padded rows non-zero; the contract says they are zero.
+        output = attention_utils.zero_padded(output, query_mask)
+        if return_attention_scores:
+            return output, scores
+        return output
+
+    def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must implement `_attend`.")
+
+    def _dropout_probs(self, probs, training):
+        """Attention dropout on an explicit probability tensor (cast to the compute dtype)."""
+        probs = ops.cast(probs, self.compute_dtype)
+        if self.dropout > 0.0:
+            probs = self._dropout_layer(probs, training=training)
+        return probs
+
+    def compute_output_shape(self, query_shape, value_shape, key_shape=None):
+        return tuple(query_shape[:-1]) + self._output_dims(query_shape)
+
+    # --------------------------------------------------------------- weights
+
+    def load_mha_weights(self, other) -> None:
+        """Copies the four projections, by name, from a MultiHeadAttention or BaseAttention.
+
+        Both layers must be built. Keras lists a layer's own weights before its sublayers', so
+        `set_weights` on the whole layer would pair the wrong tensors; this copies each named
+        projection instead.
+        """
+        if not isinstance(other, keras.layers.MultiHeadAttention | BaseAttention):
+            raise ValueError(
+                "`load_mha_weights` takes a keras.layers.MultiHeadAttention or a BaseAttention, "
+                f"got {type(other).__name__}."
+            )
+        if not self.built or not other.built:
+            raise ValueError(
+                "`load_mha_weights` needs both layers built: call each once on an input first."
+            )
+        for attr in ("_query_dense", "_key_dense", "_value_dense", "_output_dense"):
+            mine, theirs = getattr(self, attr), getattr(other, attr)
+            src = theirs.get_weights()
+            dst = mine.get_weights()
+            if [w.shape for w in src] != [w.shape for w in dst]:
+                raise ValueError(
+                    f"`load_mha_weights`: projection '{mine.name}' has weight shapes "
+                    f"{[w.shape for w in dst]} here but {[w.shape for w in src]} in "
+                    f"{other.name}; build both with the same num_heads, key_dim, value_dim, "
+                    "use_bias and input dimension."
+                )
+            mine.set_weights(src)
+
+    # ---------------------------------------------------------------- config
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "value_dim": self.value_dim,
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+                "output_shape": self._output_shape,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+                "activity_regularizer": keras.regularizers.serialize(self.activity_regularizer),
+                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+                "seed": self.seed,
+            }
+        )
+        return config

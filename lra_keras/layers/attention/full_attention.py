@@ -1,0 +1,83 @@
+"""Softmax attention, the Transformer baseline."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from lra_keras.layers.attention import attention_utils
+from lra_keras.layers.attention.base_attention import BaseAttention
+from lra_keras.layers.attention.registry import register_attention
+
+
+@register_attention("full")
+@keras.saving.register_keras_serializable(package="lra_keras")
+class FullAttention(BaseAttention):
+    """Full softmax attention, O(L^2) time and memory: the baseline every variant is measured by.
+
+    With weights loaded from a `keras.layers.MultiHeadAttention` (`load_mha_weights`) it gives
+    that layer's outputs at real positions. It is one of the two variants that accept a dense
+    `attention_mask` and the only one that returns attention scores.
+
+    Args:
+        num_heads: int. Number of attention heads.
+        key_dim: int. Size of each head for query and key.
+        **kwargs: the remaining `BaseAttention` (MultiHeadAttention) arguments.
+
+    Call arguments:
+        query, value, key, query_mask, value_mask, key_mask, attention_mask,
+        return_attention_scores, training, use_causal_mask: as `BaseAttention`.
+
+    Returns:
+        `[batch, T, output_dim]`, and `[batch, heads, T, S]` probabilities when
+        `return_attention_scores=True`.
+
+    Masking: padded keys get a -1e9 bias in a float32 softmax; padded query rows of the output
+    are zero (MultiHeadAttention leaves them non-zero; only real positions are comparable).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from lra_keras.layers import FullAttention
+    >>> layer = FullAttention(num_heads=2, key_dim=8)
+    >>> x = np.random.rand(1, 10, 16).astype("float32")
+    >>> out, scores = layer(x, x, return_attention_scores=True, use_causal_mask=True)
+    >>> out.shape, scores.shape
+    ((1, 10, 16), (1, 2, 10, 10))
+
+    Reference:
+        Vaswani et al., "Attention Is All You Need", NeurIPS 2017.
+    """
+
+    supports_attention_scores = True
+    supports_attention_mask = True
+
+    def _attend(
+        self,
+        q,
+        k,
+        v,
+        *,
+        query,
+        query_mask,
+        key_mask,
+        causal,
+        training,
+        attention_mask=None,
+        return_attention_scores=False,
+    ):
+        q = ops.multiply(q, ops.cast(1.0 / math.sqrt(self.key_dim), q.dtype))
+        logits = ops.einsum("bqhd,bkhd->bhqk", q, k)
+        mask = key_mask[:, None, None, :]
+        if causal:
+            mask = ops.logical_and(mask, attention_utils.causal_mask(q.shape[1], k.shape[1]))
+        if attention_mask is not None:
+            mask = ops.logical_and(mask, attention_mask[:, None, :, :])
+        probs = attention_utils.masked_softmax(logits, mask)
+        dropped = self._dropout_probs(probs, training)
+        out = ops.einsum("bhqk,bkhd->bqhd", dropped, v)
+        if return_attention_scores:
+            return out, probs
+        return out

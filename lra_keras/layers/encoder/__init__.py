@@ -1,0 +1,1 @@
+"""Embeddings, the LRA Transformer block and the LRA encoder."""
