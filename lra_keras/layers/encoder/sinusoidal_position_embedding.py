@@ -8,10 +8,13 @@ import keras
 from keras import ops
 
 
-def sinusoid_table(length, dim: int, max_wavelength: float = 10000.0, dtype="float32"):
-    """The `[length, dim]` sin/cos table of Vaswani et al. (sines then cosines, as Flax/LRA)."""
+def sinusoid_encoding(positions, dim: int, max_wavelength: float = 10000.0, dtype="float32"):
+    """Sin/cos encodings `[len(positions), dim]` of (possibly negative) positions.
+
+    Sines then cosines, as Flax/LRA and Transformer-XL lay them out.
+    """
     half = dim // 2
-    positions = ops.cast(ops.arange(length), "float32")[:, None]
+    positions = ops.cast(positions, "float32")[:, None]
     scale = -math.log(max_wavelength) / max(half - 1, 1)
     freqs = ops.exp(ops.cast(ops.arange(half), "float32") * scale)[None, :]
     angles = positions * freqs
@@ -19,6 +22,11 @@ def sinusoid_table(length, dim: int, max_wavelength: float = 10000.0, dtype="flo
     if dim % 2:
         table = ops.pad(table, [(0, 0), (0, 1)])
     return ops.cast(table, dtype)
+
+
+def sinusoid_table(length, dim: int, max_wavelength: float = 10000.0, dtype="float32"):
+    """The `[length, dim]` sin/cos table of Vaswani et al. for positions 0..length-1."""
+    return sinusoid_encoding(ops.arange(length), dim, max_wavelength, dtype)
 
 
 @keras.saving.register_keras_serializable(package="lra_keras")

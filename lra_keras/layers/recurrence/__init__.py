@@ -1,0 +1,1 @@
+"""Segment-level recurrence: Transformer-XL and Compressive Transformer layers."""
