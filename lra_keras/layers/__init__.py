@@ -10,15 +10,25 @@ from lra_keras.layers.encoder.lra_encoder import LRAEncoder
 from lra_keras.layers.encoder.position_embedding import PositionEmbedding
 from lra_keras.layers.encoder.sinusoidal_position_embedding import SinusoidalPositionEmbedding
 from lra_keras.layers.encoder.transformer_encoder_block import TransformerEncoderBlock
+from lra_keras.layers.recurrence.compressive_transformer_block import (
+    CompressiveTransformerBlock,
+)
+from lra_keras.layers.recurrence.relative_multi_head_attention import RelativeMultiHeadAttention
+from lra_keras.layers.recurrence.segment_recurrent_encoder import SegmentRecurrentEncoder
+from lra_keras.layers.recurrence.transformer_xl_block import TransformerXLBlock
 
 __all__ = [
     "ATTENTIONS",
     "BaseAttention",
+    "CompressiveTransformerBlock",
     "FullAttention",
     "LRAEncoder",
     "PositionEmbedding",
+    "RelativeMultiHeadAttention",
+    "SegmentRecurrentEncoder",
     "SinusoidalPositionEmbedding",
     "TransformerEncoderBlock",
+    "TransformerXLBlock",
     "get_attention",
     "register_attention",
 ]
