@@ -5,7 +5,6 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from lra_keras.layers.attention import attention_utils
 from lra_keras.layers.recurrence.compressive_transformer_block import (
     CompressiveTransformerBlock,
 )
@@ -18,7 +17,7 @@ BLOCKS = ("transformer_xl", "compressive")
 class SegmentRecurrentEncoder(keras.layers.Layer):
     """Runs recurrent blocks over `[batch, L, dim]` in segments, carrying memory between them.
 
-    The sequence is cut into `ceil(L / segment_length)` segments (the last padded and masked);
+    The sequence is cut into `ceil(L / segment_length)` segments (the last may be shorter);
     the loop over segments is unrolled in Python over that static count, since
     `keras.ops.fori_loop`/`scan` cannot be differentiated under XLA on the TensorFlow backend and
     `add_loss` (the compressive reconstruction loss) fails inside them. Each block keeps its own
@@ -141,8 +140,9 @@ class SegmentRecurrentEncoder(keras.layers.Layer):
         if padding_mask is None:
             padding_mask = ops.ones_like(inputs[..., 0], dtype="bool")
         padding_mask = ops.cast(padding_mask, "bool")
-        x = attention_utils.pad_axis_to_multiple(inputs, 1, self.segment_length)
-        mask = attention_utils.pad_axis_to_multiple(padding_mask, 1, self.segment_length, False)
+        # The last segment may be shorter; nothing is padded, so no padding row ever enters a
+        # memory (one-byte generation steps rely on this).
+        x, mask = inputs, padding_mask
         if state is None:
             state = [{} for _ in self.blocks]
         state = [dict(s) for s in state]
@@ -153,7 +153,7 @@ class SegmentRecurrentEncoder(keras.layers.Layer):
             for i, block in enumerate(self.blocks):
                 h, state[i] = self._run_block(block, h, m, state[i], training)
             outputs.append(h)
-        y = ops.concatenate(outputs, axis=1)[:, :length]
+        y = ops.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0]
         if return_state:
             return y, state
         return y
