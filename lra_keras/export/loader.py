@@ -1,0 +1,63 @@
+"""Loading an export as a plain callable."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from lra_keras.export.saved_model import CONFIG_ASSET, LABELS_ASSET
+
+
+class ExportedModel:
+    """A reloaded export: call it on token ids, or `predict_text` on raw strings.
+
+    Attributes:
+        config: the zoo config saved with the model.
+        label_names: the class names.
+        saved_model: the object `tf.saved_model.load` returned.
+    """
+
+    def __init__(self, path: str):
+        if not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"No export at {path}: write one with `lra-export --model_dir D --out {path}`."
+            )
+        self.path = path
+        self.saved_model = tf.saved_model.load(path)
+        assets = os.path.join(path, "assets")
+        with open(os.path.join(assets, CONFIG_ASSET)) as f:
+            self.config = json.load(f)
+        labels = os.path.join(assets, LABELS_ASSET)
+        self.label_names = []
+        if os.path.exists(labels):
+            with open(labels) as f:
+                self.label_names = f.read().splitlines()
+
+    def __call__(self, *tokens) -> dict:
+        """`serve` on int32 token ids (one array, or two for retrieval) -> logits, probabilities."""
+        tokens = [tf.constant(np.asarray(t), tf.int32) for t in tokens]
+        inputs = (
+            tokens[0] if len(tokens) == 1 else {f"tokens_{i + 1}": t for i, t in enumerate(tokens)}
+        )
+        out = self.saved_model.serve(inputs)
+        return {k: v.numpy() for k, v in out.items()}
+
+    def predict_text(self, *texts) -> dict:
+        """`serve_text` on raw strings (text and retrieval tasks)."""
+        if not hasattr(self.saved_model, "serve_text"):
+            raise ValueError(
+                f"The export at {self.path} (task {self.config.get('task')!r}) has no "
+                "`serve_text` endpoint: only byte-level tasks (text, retrieval) take raw strings."
+            )
+        texts = [tf.constant(t, tf.string) for t in texts]
+        inputs = texts[0] if len(texts) == 1 else {f"text_{i + 1}": t for i, t in enumerate(texts)}
+        out = self.saved_model.serve_text(inputs)
+        return {k: v.numpy() for k, v in out.items()}
+
+
+def load(path: str) -> ExportedModel:
+    """Loads an export written by `export_saved_model` (or `lra-export`)."""
+    return ExportedModel(os.fspath(path))
