@@ -4,15 +4,14 @@ Importing this package registers every attention variant in `ATTENTIONS`.
 """
 
 from lra_keras.layers.attention.base_attention import BaseAttention
+from lra_keras.layers.attention.chunked_attention import ChunkedAttention
 from lra_keras.layers.attention.full_attention import FullAttention
 from lra_keras.layers.attention.registry import ATTENTIONS, get_attention, register_attention
 from lra_keras.layers.encoder.lra_encoder import LRAEncoder
 from lra_keras.layers.encoder.position_embedding import PositionEmbedding
 from lra_keras.layers.encoder.sinusoidal_position_embedding import SinusoidalPositionEmbedding
 from lra_keras.layers.encoder.transformer_encoder_block import TransformerEncoderBlock
-from lra_keras.layers.recurrence.compressive_transformer_block import (
-    CompressiveTransformerBlock,
-)
+from lra_keras.layers.recurrence.compressive_transformer_block import CompressiveTransformerBlock
 from lra_keras.layers.recurrence.relative_multi_head_attention import RelativeMultiHeadAttention
 from lra_keras.layers.recurrence.segment_recurrent_encoder import SegmentRecurrentEncoder
 from lra_keras.layers.recurrence.transformer_xl_block import TransformerXLBlock
@@ -20,6 +19,7 @@ from lra_keras.layers.recurrence.transformer_xl_block import TransformerXLBlock
 __all__ = [
     "ATTENTIONS",
     "BaseAttention",
+    "ChunkedAttention",
     "CompressiveTransformerBlock",
     "FullAttention",
     "LRAEncoder",

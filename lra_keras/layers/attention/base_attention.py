@@ -377,6 +377,28 @@ class BaseAttention(keras.layers.Layer):
     def compute_output_shape(self, query_shape, value_shape, key_shape=None):
         return tuple(query_shape[:-1]) + self._output_dims(query_shape)
 
+    # ----------------------------------------------------------------- FLOPs
+
+    def projection_flops(self, batch: int, query_length: int, key_length: int) -> int:
+        """Forward multiply-add FLOPs (2 per MAC) of the four projections."""
+        qdim = self._query_dense.kernel.shape[0] if self.built else self.key_dim * self.num_heads
+        out = int(sum(self._output_dims((None, None, qdim))))
+        hk, hv = self.num_heads * self.key_dim, self.num_heads * self.value_dim
+        macs = query_length * qdim * hk + key_length * qdim * (hk + hv) + query_length * hv * out
+        return 2 * batch * macs
+
+    def attention_flops(
+        self, batch: int, query_length: int, key_length: int, causal: bool = False
+    ) -> int:
+        """Forward FLOPs of `_attend` (2 per multiply-add), the variant's analytic count.
+
+        The default is dense attention: QK^T and PV over every (query, key) pair. Variants that
+        do less (or more) override it; the efficiency benchmark reports it beside the time.
+        """
+        del causal
+        pairs = query_length * key_length
+        return 2 * batch * self.num_heads * pairs * (self.key_dim + self.value_dim)
+
     # --------------------------------------------------------------- weights
 
     def load_mha_weights(self, other) -> None:

@@ -1,0 +1,112 @@
+"""Exact softmax attention in O(L) memory (Rabe & Staats 2021), chunk by chunk."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+
+from lra_keras.layers.attention import attention_utils
+from lra_keras.layers.attention.base_attention import BaseAttention
+from lra_keras.layers.attention.registry import register_attention
+from lra_keras.layers.kernels import chunked_attention as kernel
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"ChunkedAttention: `{name}` must be a positive integer, got {value!r}.")
+    return value
+
+
+@register_attention("chunked")
+@keras.saving.register_keras_serializable(package="lra_keras")
+class ChunkedAttention(BaseAttention):
+    """Exact softmax attention computed over query and key chunks, in O(L) memory.
+
+    The result is full softmax attention (to float32 round-off), but no `T x S` matrix is ever
+    formed: an online softmax streams over key chunks of each query chunk, keeping a running
+    row maximum, normaliser and output accumulator in float32, so the working set is one
+    `query_chunk_size x key_chunk_size` tile per head. On the TensorFlow backend the backward
+    pass is FlashAttention-style (`tf.custom_gradient`): the forward keeps only the output and
+    the row log-sum-exp, and the backward recomputes each tile's probabilities, in sequential
+    `tf.while_loop`s (see `lra_keras.layers.kernels.chunked_attention`). Other backends run a
+    `keras.ops` version unrolled over the chunks, differentiated by their autodiff.
+
+    There is no probability tensor, so attention dropout (`dropout`) is accepted, for drop-in
+    use, but **not applied**. The query and key lengths must be known when the layer is traced
+    (the chunk counts are static); they need not be multiples of the chunk sizes (internal
+    padding), and chunks larger than a length shrink to it.
+
+    Args:
+        num_heads: int. Number of attention heads.
+        key_dim: int. Size of each head for query and key; logits are scaled by
+            `1/sqrt(key_dim)`.
+        query_chunk_size: int. Queries per chunk.
+        key_chunk_size: int. Keys per chunk.
+        **kwargs: the remaining `BaseAttention` (MultiHeadAttention) arguments; `dropout` is
+            not applied (no probability tensor).
+
+    Call arguments:
+        query, value, key, query_mask, value_mask, key_mask, training, use_causal_mask: as
+        `BaseAttention`. Cross-attention (query length != key length) is supported; causality
+        aligns the first query with the first key. No `attention_mask`, no attention scores.
+
+    Returns:
+        `[batch, T, output_dim]`.
+
+    Masking: padded keys are excluded from every chunk's softmax (the internal chunk padding
+    too); with `use_causal_mask` key chunks entirely after a query chunk are skipped, and the
+    output at t does not depend on inputs after t (strictly causal). Padded query rows of the
+    output are zero. A query with no allowed key at all gives a zero row, never NaN (`full`
+    gives such a row the uniform average of the values).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from lra_keras.layers import ChunkedAttention
+    >>> layer = ChunkedAttention(num_heads=2, key_dim=8, query_chunk_size=4, key_chunk_size=8)
+    >>> x = np.random.rand(2, 13, 16).astype("float32")
+    >>> mask = np.arange(13)[None, :] < np.array([[13], [7]])
+    >>> tuple(layer(x, x, query_mask=mask, value_mask=mask, use_causal_mask=True).shape)
+    (2, 13, 16)
+
+    Reference:
+        Rabe & Staats, "Self-attention Does Not Need O(n^2) Memory", arXiv:2112.05682, 2021.
+        Dao et al., "FlashAttention: Fast and Memory-Efficient Exact Attention with
+        IO-Awareness", NeurIPS 2022.
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        key_dim: int,
+        query_chunk_size: int = 1024,
+        key_chunk_size: int = 1024,
+        **kwargs,
+    ):
+        super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
+        self.query_chunk_size = _positive_int("query_chunk_size", query_chunk_size)
+        self.key_chunk_size = _positive_int("key_chunk_size", key_chunk_size)
+
+    def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
+        out = kernel.chunked_attention(
+            attention_utils.heads_first(q),
+            attention_utils.heads_first(k),
+            attention_utils.heads_first(v),
+            key_mask,
+            causal=causal,
+            query_chunk_size=self.query_chunk_size,
+            key_chunk_size=self.key_chunk_size,
+            scale=1.0 / math.sqrt(self.key_dim),
+        )
+        return attention_utils.heads_last(out)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "query_chunk_size": self.query_chunk_size,
+                "key_chunk_size": self.key_chunk_size,
+            }
+        )
+        return config

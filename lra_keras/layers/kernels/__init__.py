@@ -1,0 +1,1 @@
+"""Backend-specific hot loops, each beside the keras.ops reference that other backends use."""
