@@ -3,10 +3,16 @@
 Importing this package registers every attention variant in `ATTENTIONS`.
 """
 
+from lra_keras.layers.attention.axial_attention import AxialAttention
 from lra_keras.layers.attention.base_attention import BaseAttention
+from lra_keras.layers.attention.big_bird_attention import BigBirdAttention
 from lra_keras.layers.attention.chunked_attention import ChunkedAttention
 from lra_keras.layers.attention.full_attention import FullAttention
+from lra_keras.layers.attention.image_local_attention import ImageLocalAttention
+from lra_keras.layers.attention.local_attention import LocalAttention
+from lra_keras.layers.attention.longformer_attention import LongformerAttention
 from lra_keras.layers.attention.registry import ATTENTIONS, get_attention, register_attention
+from lra_keras.layers.attention.sparse_attention import SparseAttention
 from lra_keras.layers.encoder.lra_encoder import LRAEncoder
 from lra_keras.layers.encoder.position_embedding import PositionEmbedding
 from lra_keras.layers.encoder.sinusoidal_position_embedding import SinusoidalPositionEmbedding
@@ -18,15 +24,21 @@ from lra_keras.layers.recurrence.transformer_xl_block import TransformerXLBlock
 
 __all__ = [
     "ATTENTIONS",
+    "AxialAttention",
     "BaseAttention",
+    "BigBirdAttention",
     "ChunkedAttention",
     "CompressiveTransformerBlock",
     "FullAttention",
+    "ImageLocalAttention",
     "LRAEncoder",
+    "LocalAttention",
+    "LongformerAttention",
     "PositionEmbedding",
     "RelativeMultiHeadAttention",
     "SegmentRecurrentEncoder",
     "SinusoidalPositionEmbedding",
+    "SparseAttention",
     "TransformerEncoderBlock",
     "TransformerXLBlock",
     "get_attention",

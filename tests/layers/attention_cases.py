@@ -9,6 +9,15 @@ DEFAULT_LENGTH = 13
 
 CASES = {
     "full": {"kwargs": {}},
+    "local": {"kwargs": {"block_size": 4}},
+    "image_local": {
+        "kwargs": {"image_shape": (3, 5), "query_shape": (2, 2), "memory_flange": (1, 1)},
+        "length": 15,
+    },
+    "sparse": {"kwargs": {"pattern": "fixed", "block_size": 4, "num_summary": 2}},
+    "longformer": {"kwargs": {"window_size": 4, "dilation": 2, "global_tokens": (0, 5)}},
+    "bigbird": {"kwargs": {"block_size": 2, "num_random_blocks": 1}, "length": 21},
+    "axial": {"kwargs": {"axis_shape": (3, 4)}, "length": 12},
     "chunked": {"kwargs": {"query_chunk_size": 4, "key_chunk_size": 5}},
 }
 

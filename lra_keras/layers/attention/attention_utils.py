@@ -76,3 +76,71 @@ def zero_padded(x, mask):
     for _ in range(len(x.shape) - 2):
         mask = ops.expand_dims(mask, -1)
     return x * mask
+
+
+def static_length(x, axis: int, variant: str) -> int:
+    """The static size of `axis` of `x`; a clear ValueError when it is unknown."""
+    length = x.shape[axis]
+    if length is None:
+        raise ValueError(
+            f"{variant} needs a static sequence length (reshapes into blocks); got shape "
+            f"{tuple(x.shape)}. Give the input a fixed length, e.g. keras.Input((L, dim))."
+        )
+    return int(length)
+
+
+def to_blocks(x, block_size: int, axis: int, value=0):
+    """Pads `axis` of `x` to a multiple of `block_size` and splits it into (blocks, block_size).
+
+    E.g. [B, H, L, d] with axis=2 -> [B, H, ceil(L/b), b, d]; pads with `value` (False for a
+    boolean mask, so the added positions count as padding).
+    """
+    axis = axis % len(x.shape)
+    x = pad_axis_to_multiple(x, axis, block_size, value=value)
+    shape = [-1 if d is None else d for d in x.shape]
+    new_shape = shape[:axis] + [shape[axis] // block_size, block_size] + shape[axis + 1 :]
+    return ops.reshape(x, new_shape)
+
+
+def from_blocks(x, length: int, axis: int):
+    """Inverse of `to_blocks`: merges `axis` and `axis + 1` and slices back to `length`."""
+    axis = axis % len(x.shape)
+    shape = [-1 if d is None else d for d in x.shape]
+    merged = shape[:axis] + [shape[axis] * shape[axis + 1]] + shape[axis + 2 :]
+    x = ops.reshape(x, merged)
+    if merged[axis] == length:
+        return x
+    index = [slice(None)] * len(merged)
+    index[axis] = slice(0, length)
+    return x[tuple(index)]
+
+
+def masked_softmax_parts(logits: list, masks: list) -> list:
+    """One float32 softmax over several key sets at once (e.g. a band plus gathered columns).
+
+    `logits[i]` and `masks[i]` (boolean, broadcastable to `logits[i]`) are one key set each;
+    the softmax runs over their concatenation on the last axis, and the probabilities come back
+    split the same way. The masks are applied as biases before concatenating, so they are
+    never broadcast to the logits' size.
+    """
+    biased = [to_float32(x) + mask_to_bias(m) for x, m in zip(logits, masks, strict=True)]
+    if len(biased) == 1:
+        return [ops.softmax(biased[0], axis=-1)]
+    probs = ops.softmax(ops.concatenate(biased, axis=-1), axis=-1)
+    sizes = [int(x.shape[-1]) for x in logits]
+    splits = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
+    return ops.split(probs, splits, axis=-1)
+
+
+def int_pair(value, arg: str, variant: str, minimum: int = 1) -> tuple[int, int]:
+    """Validates a (height, width)-style pair of ints >= `minimum`; a clear ValueError if not."""
+    try:
+        pair = tuple(int(x) for x in value)
+    except (TypeError, ValueError):
+        pair = ()
+    if len(pair) != 2 or min(pair) < minimum:
+        raise ValueError(
+            f"{variant}: `{arg}` must be a pair of integers >= {minimum} (height, width), "
+            f"got {value!r}."
+        )
+    return pair

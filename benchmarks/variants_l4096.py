@@ -1,0 +1,156 @@
+"""Time and peak memory of one forward+backward pass of attention variants, relative to `full`.
+
+Run: `python -m benchmarks.variants_l4096 --attentions local,sparse,longformer` (options:
+`--length` (4096), `--repeats` (1), `--kwargs` (JSON: per-variant hyperparameter overrides),
+`--timeout`, `--output`). `full` is always measured too, as the baseline of the ratios. Each
+variant runs in its own subprocess, so peaks do not mix and a crash or out-of-memory is
+reported rather than fatal.
+
+Measured: one `tf.function` (graph mode, no XLA) step computing the loss `sum(y^2)` of one
+attention layer (batch 1, 4 heads x 64, model width 256, no masks, no causal mask) and its
+gradients with respect to the input and every weight. Each variant uses its layer defaults
+(DESIGN.md section 2) except the static needs filled from the length: `image_shape` and
+`axis_shape` (the most square h x w = L grid) and `max_length`. Peak memory is
+`lra_keras.profiling.memory`'s reading: TensorFlow's CPU allocator peak
+(`tf.config.experimental.get_memory_info("CPU:0")["peak"]`, reset after the warm-up step, so
+it covers the timed steps; it includes the layer's weights and inputs) or, where the allocator
+keeps no statistics, the process's peak RSS (the source is printed). Time is the median of
+`--repeats` steps after one warm-up (tracing) step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+BATCH, HEADS, KEY_DIM, MODEL_DIM = 1, 4, 64, 256
+DEFAULT_ATTENTIONS = "local,image_local,sparse,longformer,bigbird,axial"
+MIB = 2**20
+
+
+def _grid(length: int) -> tuple[int, int]:
+    h = int(math.isqrt(length))
+    while length % h:
+        h -= 1
+    return h, length // h
+
+
+def _static_kwargs(name: str, length: int) -> dict:
+    """Hyperparameters a variant cannot default: its grid or its maximum length."""
+    if name == "image_local":
+        return {"image_shape": _grid(length)}
+    if name == "axial":
+        return {"axis_shape": _grid(length)}
+    if name in ("linformer", "synthesizer"):
+        return {"max_length": length}
+    return {}
+
+
+def _measure(name: str, length: int, repeats: int, overrides: dict) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    from lra_keras.layers import get_attention
+    from lra_keras.profiling.memory import read_peak_memory, reset_peak_memory
+
+    kwargs = dict(num_heads=HEADS, key_dim=KEY_DIM, seed=0)
+    kwargs.update(_static_kwargs(name, length))
+    kwargs.update(overrides)
+    layer = get_attention(name, **kwargs)
+    x = tf.constant(np.random.default_rng(0).normal(size=(BATCH, length, MODEL_DIM)), "float32")
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, x) ** 2)
+        grads = tape.gradient(loss, [x] + layer.trainable_variables)
+        return loss, tf.add_n([tf.reduce_sum(g) for g in grads])
+
+    step(x)[1].numpy()
+    source = reset_peak_memory("CPU:0")
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step(x)[1].numpy()
+        times.append(time.perf_counter() - start)
+    peak = read_peak_memory("CPU:0")
+    return {
+        "kwargs": {k: v for k, v in kwargs.items() if k not in ("num_heads", "key_dim", "seed")},
+        "peak_mib": peak["peak_mib"],
+        "memory_source": source,
+        "median_s": float(np.median(times)),
+        "times_s": [round(t, 3) for t in times],
+    }
+
+
+def _run_child(name, length, repeats, overrides, timeout) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.variants_l4096", "--child", name]
+    cmd += ["--length", str(length), "--repeats", str(repeats), "--kwargs", json.dumps(overrides)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"status": f"timed out after {timeout} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"status": f"failed (exit {proc.returncode}): {' | '.join(tail)}"}
+    return {"status": "ok", **json.loads(lines[-1])}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--attentions", default=DEFAULT_ATTENTIONS, help="comma-separated names")
+    parser.add_argument("--length", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--kwargs", default="{}", help='JSON overrides, e.g. {"local": {"block_size": 50}}'
+    )
+    parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--output", default=None, help="also write the results as JSON here")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    overrides = json.loads(args.kwargs)
+
+    if args.child:
+        result = _measure(args.child, args.length, args.repeats, overrides)
+        print(json.dumps(result), flush=True)
+        return
+
+    names = ["full"] + [n for n in args.attentions.split(",") if n and n != "full"]
+    print(
+        f"L={args.length}, B={BATCH}, heads={HEADS}x{KEY_DIM}, d_model={MODEL_DIM}, "
+        f"forward+backward, graph mode; median of {args.repeats} step(s) after a warm-up"
+    )
+    print(f"{'attention':<14}{'peak MiB':>10}{'x full':>8}{'time s':>9}{'x full':>8}  kwargs")
+    results = {}
+    for name in names:
+        per_variant = overrides.get(name, {})
+        results[name] = res = _run_child(name, args.length, args.repeats, per_variant, args.timeout)
+        if res["status"] != "ok":
+            print(f"{name:<14}  {res['status']}", flush=True)
+            continue
+        base = results["full"] if results["full"]["status"] == "ok" else None
+        mem_ratio = res["peak_mib"] / base["peak_mib"] if base else float("nan")
+        time_ratio = res["median_s"] / base["median_s"] if base else float("nan")
+        res.update(peak_vs_full=mem_ratio, time_vs_full=time_ratio)
+        print(
+            f"{name:<14}{res['peak_mib']:>10.0f}{mem_ratio:>8.2f}{res['median_s']:>9.2f}"
+            f"{time_ratio:>8.2f}  {res['kwargs']}",
+            flush=True,
+        )
+    sources = {r.get("memory_source") for r in results.values() if r["status"] == "ok"}
+    print(f"memory source: {', '.join(sorted(s for s in sources if s))}")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump({"length": args.length, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

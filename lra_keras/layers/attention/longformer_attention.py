@@ -1,0 +1,212 @@
+"""Longformer attention: a (dilated) sliding window plus global tokens, banded and gathered."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from lra_keras.layers.attention import attention_utils
+from lra_keras.layers.attention.base_attention import BaseAttention
+from lra_keras.layers.attention.registry import register_attention
+
+
+@register_attention("longformer")
+@keras.saving.register_keras_serializable(package="lra_keras")
+class LongformerAttention(BaseAttention):
+    """Longformer attention: each token attends to a sliding window of `window_size` keys
+    (optionally dilated), and global tokens attend to, and are attended to by, every token.
+
+    Window of query i: keys `j = i + k * dilation` with `-left <= k <= right`, where, as in
+    LRA, `left = window_size - window_size // 2 - 1` and `right = window_size // 2` (so
+    `window_size` keys, self included); with `use_causal_mask=True` it is a left window of the
+    same size, `left = window_size - 1, right = 0`. Global tokens (`global_tokens`, positions;
+    negative values count from the end) attend to every key (every key `j <= g` when causal),
+    and every query attends to them (when `g <= i` if causal). A global key that is also in a
+    query's window is counted once. With `window_size >= 2 L` it is exactly full attention.
+
+    Computation, never an L x L tensor: dilation d is a reshape (positions with the same
+    residue mod d form d interleaved sequences, each with an undilated window); each sequence
+    is cut into chunks of `max(left, right)` that attend to their previous, own and next chunks
+    masked to the band, plus the gathered global keys, in one float32 softmax; global rows
+    attend densely to all L keys (O(L |G|)) and replace their rows. Time and memory
+    O(L (1.5 window_size + |G|) d). The projections are shared by the window and global paths
+    (the paper and LRA use a second set for global attention; not here, so that weights load
+    from MultiHeadAttention). Self-attention only.
+
+    Args:
+        num_heads: int. Number of attention heads.
+        key_dim: int. Size of each head for query and key.
+        window_size: int. Keys per window, self included (default 512; LRA 512).
+        dilation: int. Gap between window keys (default 1).
+        global_tokens: tuple of int. Positions of the global tokens, e.g. `(0,)` for a CLS
+            token (default none).
+        **kwargs: the remaining `BaseAttention` (MultiHeadAttention) arguments.
+
+    Call arguments:
+        query, value, key, query_mask, value_mask, key_mask, training, use_causal_mask: as
+        `BaseAttention`. Causal is strict.
+
+    Returns:
+        `[batch, L, output_dim]`, zero at padded query positions.
+
+    Masking: padded keys (including padded global tokens) get a -1e9 bias in the float32
+    softmax; padded query rows are zero. Attention dropout applies to the probabilities.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from lra_keras.layers import LongformerAttention
+    >>> layer = LongformerAttention(num_heads=2, key_dim=8, window_size=4, global_tokens=(0,))
+    >>> x = np.random.rand(2, 11, 16).astype("float32")
+    >>> tuple(layer(x, x).shape)
+    (2, 11, 16)
+
+    Reference:
+        Beltagy et al., "Longformer: The Long-Document Transformer", arXiv:2004.05150, 2020.
+    """
+
+    supports_causal = True
+    strictly_causal = True
+    supports_cross_attention = False
+    needs_static_length = False
+
+    def __init__(
+        self,
+        num_heads: int,
+        key_dim: int,
+        window_size: int = 512,
+        dilation: int = 1,
+        global_tokens=(),
+        **kwargs,
+    ):
+        super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
+        if int(window_size) <= 0:
+            raise ValueError(
+                f"LongformerAttention: `window_size` must be a positive integer, got "
+                f"{window_size!r}."
+            )
+        if int(dilation) <= 0:
+            raise ValueError(
+                f"LongformerAttention: `dilation` must be a positive integer, got {dilation!r}."
+            )
+        if isinstance(global_tokens, int) or not all(
+            isinstance(g, int | np.integer) for g in global_tokens
+        ):
+            raise ValueError(
+                "LongformerAttention: `global_tokens` must be a tuple of token positions "
+                f"(ints), e.g. (0,), got {global_tokens!r}."
+            )
+        self.window_size = int(window_size)
+        self.dilation = int(dilation)
+        self.global_tokens = tuple(int(g) for g in global_tokens)
+
+    def window_bounds(self, causal: bool) -> tuple[int, int]:
+        """(left, right): the window reaches `left` keys back and `right` keys ahead."""
+        w = self.window_size
+        return (w - 1, 0) if causal else (w - w // 2 - 1, w // 2)
+
+    def global_positions(self, length: int) -> np.ndarray:
+        """The sorted, distinct global positions in [0, length)."""
+        for g in self.global_tokens:
+            if not -length <= g < length:
+                raise ValueError(
+                    f"LongformerAttention: `global_tokens` entry {g} is outside a sequence of "
+                    f"length {length}."
+                )
+        return np.unique(np.array([g % length for g in self.global_tokens], np.int64))
+
+    def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
+        length = attention_utils.static_length(q, 1, "LongformerAttention")
+        q = ops.multiply(q, ops.cast(1.0 / math.sqrt(self.key_dim), q.dtype))
+        q, k, v = (attention_utils.heads_first(x) for x in (q, k, v))  # [B, H, L, d]
+        left, right = self.window_bounds(causal)
+        glob = self.global_positions(length)
+        dil = self.dilation
+        sub_length = -(-length // dil)
+        chunk = min(max(left, right, 1), sub_length)
+
+        def layout(x, axis, value=0):
+            # [.., L, ..] -> [.., dil, nb, chunk, ..]: position i = (n chunk + t) dil + s.
+            x = attention_utils.to_blocks(x, dil, axis=axis, value=value)  # [.., L/dil, dil, ..]
+            perm = list(range(len(x.shape)))
+            perm[axis], perm[axis + 1] = axis + 1, axis
+            x = ops.transpose(x, perm)
+            return attention_utils.to_blocks(x, chunk, axis=axis + 1, value=value)
+
+        qb, kb, vb = layout(q, 2), layout(k, 2), layout(v, 2)  # [B, H, dil, nb, chunk, d]
+        mb = layout(key_mask, 1, value=False)  # [B, dil, nb, chunk]
+        nb = qb.shape[3]
+        before = 1 if (left > 0 and nb > 1) else 0
+        after = 1 if (right > 0 and nb > 1) else 0
+        pad5 = [(0, 0)] * 3 + [(before, after)] + [(0, 0)] * 2
+        kpad, vpad = ops.pad(kb, pad5), ops.pad(vb, pad5)
+        mpad = ops.pad(mb, [(0, 0), (0, 0), (before, after), (0, 0)], constant_values=False)
+        shifts = range(before + after + 1)
+        k_band = ops.concatenate([kpad[:, :, :, s : s + nb] for s in shifts], axis=4)
+        v_band = ops.concatenate([vpad[:, :, :, s : s + nb] for s in shifts], axis=4)
+        m_band = ops.concatenate([mpad[:, :, s : s + nb] for s in shifts], axis=3)
+        heads, dk, dv = qb.shape[1], qb.shape[-1], vb.shape[-1]
+        # TensorFlow's softmax takes at most 5 dimensions: merge (residue, chunk) into one axis.
+        rows = dil * nb
+        qb = ops.reshape(qb, (-1, heads, rows, chunk, dk))
+        k_band = ops.reshape(k_band, (-1, heads, rows, k_band.shape[4], dk))
+        v_band = ops.reshape(v_band, (-1, heads, rows, v_band.shape[4], dv))
+        m_band = ops.reshape(m_band, (-1, rows, m_band.shape[3]))
+        rel = (np.arange(len(shifts) * chunk)[None, :] - before * chunk) - np.arange(chunk)[:, None]
+        band = (rel >= -left) & (rel <= right)  # [chunk, K], in units of dil
+        logits = [ops.einsum("bhnqd,bhnkd->bhnqk", qb, k_band)]
+        masks = [ops.logical_and(m_band[:, None, :, None, :], band)]
+        if len(glob):
+            kg = ops.take(k, glob, axis=2)  # [B, H, G, d]
+            logits.append(ops.einsum("bhnqd,bhgd->bhnqg", qb, kg))
+            qpos = (
+                (np.arange(nb)[None, :, None] * chunk + np.arange(chunk)[None, None, :]) * dil
+                + np.arange(dil)[:, None, None]
+            ).reshape(rows, chunk, 1)
+            offset = glob - qpos
+            in_window = (offset % dil == 0) & (offset >= -left * dil) & (offset <= right * dil)
+            allowed = ~in_window & (glob <= qpos) if causal else ~in_window
+            key_real = ops.take(key_mask, glob, axis=1)[:, None, None, None, :]
+            masks.append(ops.logical_and(key_real, allowed))
+        parts = attention_utils.masked_softmax_parts(logits, masks)
+        parts = [self._dropout_probs(p, training) for p in parts]
+        out = ops.einsum("bhnqk,bhnkd->bhnqd", parts[0], v_band)
+        if len(glob):
+            vg = ops.take(v, glob, axis=2)
+            out = out + ops.einsum("bhnqg,bhgd->bhnqd", parts[1], vg)
+        out = ops.reshape(out, (-1, heads, dil, nb, chunk, dv))
+        # Back to [B, H, L, dv]: undo the chunks, then the residue interleaving.
+        out = attention_utils.from_blocks(out, sub_length, axis=3)  # [B, H, dil, L/dil, dv]
+        out = ops.transpose(out, (0, 1, 3, 2, 4))
+        out = attention_utils.from_blocks(out, length, axis=2)  # [B, H, L, dv]
+        if len(glob):
+            out = self._global_rows(q, k, v, key_mask, glob, out, causal, training)
+        return attention_utils.heads_last(out)
+
+    def _global_rows(self, q, k, v, key_mask, glob, out, causal, training):
+        """Global queries attend to every key; their rows replace the windowed ones."""
+        length = q.shape[2]
+        qg = ops.take(q, glob, axis=2)
+        logits = ops.einsum("bhgd,bhkd->bhgk", qg, k)
+        mask = key_mask[:, None, None, :]
+        if causal:
+            mask = ops.logical_and(mask, np.arange(length)[None, :] <= glob[:, None])
+        probs = self._dropout_probs(attention_utils.masked_softmax(logits, mask), training)
+        out_g = ops.einsum("bhgk,bhkd->bhgd", probs, v)
+        index = np.arange(length)
+        index[glob] = length + np.arange(len(glob))
+        return ops.take(ops.concatenate([out, out_g], axis=2), index, axis=2)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "window_size": self.window_size,
+                "dilation": self.dilation,
+                "global_tokens": self.global_tokens,
+            }
+        )
+        return config
