@@ -9,10 +9,14 @@ from lra_keras.layers.attention.big_bird_attention import BigBirdAttention
 from lra_keras.layers.attention.chunked_attention import ChunkedAttention
 from lra_keras.layers.attention.full_attention import FullAttention
 from lra_keras.layers.attention.image_local_attention import ImageLocalAttention
+from lra_keras.layers.attention.linear_attention import LinearAttention
+from lra_keras.layers.attention.linformer_attention import LinformerAttention
 from lra_keras.layers.attention.local_attention import LocalAttention
 from lra_keras.layers.attention.longformer_attention import LongformerAttention
+from lra_keras.layers.attention.performer_attention import PerformerAttention
 from lra_keras.layers.attention.registry import ATTENTIONS, get_attention, register_attention
 from lra_keras.layers.attention.sparse_attention import SparseAttention
+from lra_keras.layers.attention.synthesizer_attention import SynthesizerAttention
 from lra_keras.layers.encoder.lra_encoder import LRAEncoder
 from lra_keras.layers.encoder.position_embedding import PositionEmbedding
 from lra_keras.layers.encoder.sinusoidal_position_embedding import SinusoidalPositionEmbedding
@@ -32,13 +36,17 @@ __all__ = [
     "FullAttention",
     "ImageLocalAttention",
     "LRAEncoder",
+    "LinearAttention",
+    "LinformerAttention",
     "LocalAttention",
     "LongformerAttention",
+    "PerformerAttention",
     "PositionEmbedding",
     "RelativeMultiHeadAttention",
     "SegmentRecurrentEncoder",
     "SinusoidalPositionEmbedding",
     "SparseAttention",
+    "SynthesizerAttention",
     "TransformerEncoderBlock",
     "TransformerXLBlock",
     "get_attention",

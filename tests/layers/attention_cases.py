@@ -19,6 +19,10 @@ CASES = {
     "bigbird": {"kwargs": {"block_size": 2, "num_random_blocks": 1}, "length": 21},
     "axial": {"kwargs": {"axis_shape": (3, 4)}, "length": 12},
     "chunked": {"kwargs": {"query_chunk_size": 4, "key_chunk_size": 5}},
+    "linear": {"kwargs": {"chunk_size": 4}},
+    "linformer": {"kwargs": {"max_length": 13, "projection_dim": 4}},
+    "performer": {"kwargs": {"num_random_features": 16, "chunk_size": 4}},
+    "synthesizer": {"kwargs": {"max_length": 13, "mode": "dense", "factor_rank": 3}},
 }
 
 

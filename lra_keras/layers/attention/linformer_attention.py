@@ -1,0 +1,143 @@
+"""Linformer attention (Wang et al. 2020): keys and values projected along the length."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from lra_keras.layers.attention import attention_utils
+from lra_keras.layers.attention.base_attention import BaseAttention
+from lra_keras.layers.attention.registry import register_attention
+
+
+@register_attention("linformer")
+@keras.saving.register_keras_serializable(package="lra_keras")
+class LinformerAttention(BaseAttention):
+    """Linformer attention: `softmax(Q (E K)^T / sqrt(d)) (F V)` with learned `E, F` of `k x L`.
+
+    `E` and `F` are stored as `[max_length, projection_dim]` kernels (one per layer, shared by
+    the heads, as in LRA); with `share_kv=True` one kernel serves as both. An input shorter than
+    `max_length` uses the first L rows; a longer one raises a `ValueError`. O(L k d) time and
+    memory. Self-attention only and not causal (the projection mixes all positions). Attention
+    dropout applies to the `[T, projection_dim]` probabilities.
+
+    Args:
+        num_heads: int. Number of attention heads.
+        key_dim: int. Size of each head for query and key.
+        max_length: int. Longest sequence the layer accepts (rows of `E` and `F`).
+        projection_dim: int. Projected length k.
+        share_kv: bool. Use one projection for keys and values (E = F).
+        **kwargs: the remaining `BaseAttention` (MultiHeadAttention) arguments; the projection
+            kernels use `kernel_initializer`, `kernel_regularizer` and `kernel_constraint`.
+
+    Call arguments:
+        query, value, key, query_mask, value_mask, key_mask, training: as `BaseAttention`.
+        No `use_causal_mask`, no dense `attention_mask`, no attention scores.
+
+    Returns:
+        `[batch, T, output_dim]`.
+
+    Masking: the rows of K and V at padded positions are zeroed before projecting (LRA does
+    not), so padded tokens add nothing to the projected keys and values; padded query rows of the
+    output are zero.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from lra_keras.layers import LinformerAttention
+    >>> layer = LinformerAttention(num_heads=2, key_dim=8, max_length=64, projection_dim=16)
+    >>> x = np.random.rand(2, 50, 16).astype("float32")
+    >>> tuple(layer(x, x).shape)
+    (2, 50, 16)
+
+    Reference:
+        Wang et al., "Linformer: Self-Attention with Linear Complexity", arXiv 2006.04768, 2020.
+    """
+
+    supports_causal = False
+    strictly_causal = False
+    supports_cross_attention = False
+    needs_static_length = True
+
+    def __init__(
+        self,
+        num_heads: int,
+        key_dim: int,
+        max_length: int,
+        projection_dim: int = 256,
+        share_kv: bool = True,
+        **kwargs,
+    ):
+        super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
+        if max_length is None or int(max_length) <= 0:
+            raise ValueError(
+                f"LinformerAttention: `max_length` must be a positive integer, got {max_length!r}."
+            )
+        if int(projection_dim) <= 0:
+            raise ValueError(
+                "LinformerAttention: `projection_dim` must be a positive integer, "
+                f"got {projection_dim!r}."
+            )
+        self.max_length = int(max_length)
+        self.projection_dim = int(projection_dim)
+        self.share_kv = bool(share_kv)
+
+    def _check_length(self, length):
+        if length is None:
+            raise ValueError(
+                "LinformerAttention needs a static sequence length (its projections have "
+                f"`max_length`={self.max_length} rows); got an unknown length."
+            )
+        if length > self.max_length:
+            raise ValueError(
+                f"LinformerAttention: the sequence length {length} is longer than "
+                f"`max_length`={self.max_length}; build the layer with a larger `max_length`."
+            )
+
+    def _projection_weight(self, name):
+        return self.add_weight(
+            name=name,
+            shape=(self.max_length, self.projection_dim),
+            initializer=self.kernel_initializer.__class__.from_config(
+                self.kernel_initializer.get_config()
+            ),
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+
+    def _build_variant(self, query_shape, value_shape):
+        self._check_length(value_shape[1])
+        self.key_projection = self._projection_weight("key_projection")
+        # With share_kv the one kernel is used for both (a second attribute would track it twice).
+        self.value_projection = (
+            None if self.share_kv else self._projection_weight("value_projection")
+        )
+
+    def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
+        length = k.shape[1]
+        self._check_length(length)
+        value_projection = self.key_projection if self.share_kv else self.value_projection
+        # The length-wise sums run in float32: they add up to max_length terms.
+        e = attention_utils.to_float32(self.key_projection[:length])
+        f = attention_utils.to_float32(value_projection[:length])
+        k = attention_utils.zero_padded(attention_utils.to_float32(k), key_mask)
+        v = attention_utils.zero_padded(attention_utils.to_float32(v), key_mask)
+        k_low = ops.einsum("bshd,sp->bphd", k, e)
+        v_low = ops.einsum("bshd,sp->bphd", v, f)
+        q = attention_utils.to_float32(q) * (1.0 / math.sqrt(self.key_dim))
+        logits = ops.einsum("bthd,bphd->bhtp", q, k_low)
+        probs = self._dropout_probs(attention_utils.masked_softmax(logits), training)
+        return ops.einsum("bhtp,bphd->bthd", probs, ops.cast(v_low, probs.dtype))
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "max_length": self.max_length,
+                "projection_dim": self.projection_dim,
+                "share_kv": self.share_kv,
+            }
+        )
+        return config
