@@ -19,6 +19,7 @@ from lra_keras.layers.attention.sparse_attention import SparseAttention
 from lra_keras.layers.attention.synthesizer_attention import SynthesizerAttention
 from lra_keras.layers.encoder.lra_encoder import LRAEncoder
 from lra_keras.layers.encoder.position_embedding import PositionEmbedding
+from lra_keras.layers.encoder.sequence_pooling import SequencePooling
 from lra_keras.layers.encoder.sinusoidal_position_embedding import SinusoidalPositionEmbedding
 from lra_keras.layers.encoder.transformer_encoder_block import TransformerEncoderBlock
 from lra_keras.layers.recurrence.compressive_transformer_block import CompressiveTransformerBlock
@@ -44,6 +45,7 @@ __all__ = [
     "PositionEmbedding",
     "RelativeMultiHeadAttention",
     "SegmentRecurrentEncoder",
+    "SequencePooling",
     "SinusoidalPositionEmbedding",
     "SparseAttention",
     "SynthesizerAttention",

@@ -50,7 +50,7 @@ class LRAEncoder(keras.layers.Layer):
     >>> from lra_keras.layers import LRAEncoder
     >>> enc = LRAEncoder(vocab_size=20, max_length=12, embed_dim=16, num_layers=1,
     ...                  num_heads=2, key_dim=8, mlp_dim=32, use_cls_token=True)
-    >>> enc(np.ones((2, 12), "int32")).shape
+    >>> tuple(enc(np.ones((2, 12), "int32")).shape)
     (2, 13, 16)
 
     Reference:

@@ -25,7 +25,7 @@ class PositionEmbedding(keras.layers.Layer):
 
     >>> import numpy as np
     >>> from lra_keras.layers import PositionEmbedding
-    >>> PositionEmbedding(max_length=16)(np.zeros((2, 10, 8), "float32")).shape
+    >>> tuple(PositionEmbedding(max_length=16)(np.zeros((2, 10, 8), "float32")).shape)
     (2, 10, 8)
 
     Reference:

@@ -47,7 +47,7 @@ class SinusoidalPositionEmbedding(keras.layers.Layer):
 
     >>> import numpy as np
     >>> from lra_keras.layers import SinusoidalPositionEmbedding
-    >>> SinusoidalPositionEmbedding()(np.zeros((2, 10, 8), "float32")).shape
+    >>> tuple(SinusoidalPositionEmbedding()(np.zeros((2, 10, 8), "float32")).shape)
     (2, 10, 8)
 
     Reference:

@@ -42,7 +42,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
     >>> from lra_keras.layers import TransformerEncoderBlock
     >>> block = TransformerEncoderBlock(num_heads=2, key_dim=8, mlp_dim=32, attention="local",
     ...                                 attention_kwargs={"block_size": 4})
-    >>> block(np.zeros((2, 10, 16), "float32")).shape
+    >>> tuple(block(np.zeros((2, 10, 16), "float32")).shape)
     (2, 10, 16)
 
     Reference:
