@@ -1,0 +1,308 @@
+"""LRA Table 2 on this machine: training steps/s and peak memory of every attention, 1K-4K.
+
+One full training step (forward, backward, AdamW update) of the LRA byte-level text model
+(`zoo` preset `lra`: 4 layers, width 256, 4 heads, MLP 1024) per (variant, length), each in
+its own subprocess so that running out of memory is reported instead of ending the run, beside
+a model built on `keras.layers.MultiHeadAttention` (the baseline a user would otherwise pick).
+Each row states the step's analytic FLOP count (3x the forward count; every attention layer
+states its own `attention_flops`) and the achieved GFLOP/s against this machine's float32
+matmul rate, measured in the same run.
+
+    python -m benchmarks.efficiency [--lengths 1024,2048,3072,4096] [--batch_size 1]
+        [--attentions all] [--jit_compile] [--profile] [--steps 3]
+
+Writes `results/efficiency.json`, `results/efficiency.md` and `results/efficiency.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+BASELINE = "keras_mha"
+
+
+def _worker_matmul(size: int = 2048, reps: int = 10) -> dict:
+    import tensorflow as tf
+
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+    matmul = tf.function(lambda x, y: tf.matmul(x, y))
+    matmul(a, b).numpy()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        matmul(a, b).numpy()
+        times.append(time.perf_counter() - start)
+    return {"matmul_gflops": 2 * size**3 / statistics.median(times) / 1e9, "size": size}
+
+
+def model_flops(model, batch: int, length: int) -> int:
+    """Analytic FLOPs of one training step: 3x the forward count of the encoder blocks."""
+    from lra_keras.layers import LRAEncoder
+
+    encoders = [layer for layer in model.layers if isinstance(layer, LRAEncoder)]
+    forward = 0
+    for encoder in encoders:
+        towers = 2 if "tokens_2" in [t.name.split(":")[0] for t in model.inputs] else 1
+        seq = length + int(encoder.use_cls_token)
+        for block in encoder.blocks:
+            attention = block.attention_layer
+            if hasattr(attention, "attention_flops"):
+                core = attention.attention_flops(batch, seq, seq)
+                proj = attention.projection_flops(batch, seq, seq)
+            else:  # keras.layers.MultiHeadAttention: dense attention, four projections.
+                dim = encoder.embed_dim
+                inner = attention.num_heads * attention.key_dim
+                core = 4 * batch * seq * seq * inner
+                proj = 2 * batch * seq * 4 * dim * inner
+            mlp = 2 * batch * seq * 2 * encoder.embed_dim * block.mlp_dim
+            forward += towers * (core + proj + mlp)
+    return 3 * forward
+
+
+def _worker_step(args: argparse.Namespace) -> dict:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import lra_keras.layers.encoder.transformer_encoder_block as block_module
+    from lra_keras.zoo import build_model
+
+    keras.utils.set_random_seed(0)
+    attention = args.attention
+    if attention == BASELINE:
+        # The same model with keras.layers.MultiHeadAttention in every block.
+        def make_mha(name, /, **kwargs):
+            kwargs.pop("seed", None)
+            return keras.layers.MultiHeadAttention(**kwargs)
+
+        block_module.get_attention = make_mha
+        attention = "full"
+    model = build_model("text", attention, "lra", max_length=args.length)
+    optimizer = keras.optimizers.AdamW(1e-4, beta_2=0.98, epsilon=1e-9)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    rng = np.random.default_rng(0)
+    tokens = tf.constant(rng.integers(1, 257, size=(args.batch_size, args.length)), tf.int32)
+    labels = tf.constant(rng.integers(0, 2, size=(args.batch_size,)), tf.int32)
+
+    @tf.function(jit_compile=args.jit_compile)
+    def step(tokens, labels):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels, model({"tokens": tokens}, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    for _ in range(args.warmup):
+        step(tokens, labels).numpy()
+    from lra_keras import profiling
+
+    times = []
+    tracing = profiling.trace(args.trace_dir or "", enabled=bool(args.trace_dir))
+    with profiling.peak_memory() as memory, tracing:
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            step(tokens, labels).numpy()
+            times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    flops = model_flops(model, args.batch_size, args.length)
+    return {
+        "attention": args.attention,
+        "length": args.length,
+        "status": "ok",
+        "step_seconds": seconds,
+        "steps_per_second": 1.0 / seconds,
+        "peak_mib": memory["peak_mib"],
+        "memory_source": memory["source"],
+        "step_gflop": flops / 1e9,
+        "gflops_per_second": flops / seconds / 1e9,
+    }
+
+
+def _run_worker(kind: str, args: argparse.Namespace, **extra) -> dict:
+    command = [sys.executable, "-m", "benchmarks.efficiency", "--worker", kind]
+    for key, value in extra.items():
+        command += [f"--{key}", str(value)]
+    command += ["--batch_size", str(args.batch_size), "--steps", str(args.steps)]
+    command += ["--warmup", str(args.warmup)]
+    if args.jit_compile:
+        command.append("--jit_compile")
+    if args.profile and kind == "step":
+        command += ["--trace_dir", os.path.join(args.out_dir, "traces", extra["attention"])]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=args.timeout, env=env
+        )
+    except subprocess.TimeoutExpired:
+        return {**extra, "status": "timeout", "error": f"over {args.timeout} s"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    text = done.stderr[-2000:]
+    out_of_memory = done.returncode in (-9, 137) or "ResourceExhausted" in text or "OOM" in text
+    return {
+        **extra,
+        "status": "out of memory" if out_of_memory else "failed",
+        "error": text.strip().splitlines()[-1] if text.strip() else f"exit {done.returncode}",
+    }
+
+
+def _table(results: list[dict], lengths: list[int], args, matmul: dict) -> str:
+    by = {(r["attention"], r["length"]): r for r in results}
+    names = sorted({r["attention"] for r in results}, key=lambda n: (n != "full", n))
+    head = "| attention | " + " | ".join(f"steps/s {n // 1024}K" for n in lengths)
+    head += " | " + " | ".join(f"peak MiB {n // 1024}K" for n in lengths) + " |"
+    out = [
+        "# Efficiency (LRA Table 2 on this machine)",
+        "",
+        f"Text model, preset `lra` (4 layers, width 256, 4 heads, MLP 1024), batch "
+        f"{args.batch_size}, one training step (forward, backward, AdamW), median of "
+        f"{args.steps} steps after {args.warmup} warm-up, jit_compile={args.jit_compile}. "
+        f"Speedup and memory ratio against `full` in brackets; `{BASELINE}` is the same model "
+        f"on keras.layers.MultiHeadAttention. Matmul rate of this machine: "
+        f"{matmul.get('matmul_gflops', float('nan')):.0f} GFLOP/s (float32 "
+        f"{matmul.get('size')}^2).",
+        "",
+        head,
+        "|" + "---|" * (1 + 2 * len(lengths)),
+    ]
+    for name in names:
+        cells = []
+        for n in lengths:
+            r, base = by.get((name, n), {}), by.get(("full", n), {})
+            if r.get("status") != "ok":
+                cells.append(r.get("status", "-"))
+                continue
+            ratio = ""
+            if base.get("status") == "ok":
+                ratio = f" ({r['steps_per_second'] / base['steps_per_second']:.2f}x)"
+            cells.append(f"{r['steps_per_second']:.2f}{ratio}")
+        for n in lengths:
+            r, base = by.get((name, n), {}), by.get(("full", n), {})
+            if r.get("status") != "ok" or r.get("peak_mib") is None:
+                cells.append(r.get("status", "-"))
+                continue
+            ratio = ""
+            if base.get("status") == "ok" and base.get("peak_mib"):
+                ratio = f" ({r['peak_mib'] / base['peak_mib']:.2f}x)"
+            cells.append(f"{r['peak_mib']:.0f}{ratio}")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "## FLOPs and achieved rate",
+        "",
+        "| attention | "
+        + " | ".join(f"GFLOP/step {n // 1024}K" for n in lengths)
+        + " | "
+        + " | ".join(f"GFLOP/s {n // 1024}K (% of matmul)" for n in lengths)
+        + " |",
+        "|" + "---|" * (1 + 2 * len(lengths)),
+    ]
+    for name in names:
+        cells = []
+        for n in lengths:
+            r = by.get((name, n), {})
+            cells.append(f"{r['step_gflop']:.1f}" if r.get("status") == "ok" else "-")
+        for n in lengths:
+            r = by.get((name, n), {})
+            if r.get("status") != "ok":
+                cells.append("-")
+                continue
+            share = r["gflops_per_second"] / matmul["matmul_gflops"] if matmul else float("nan")
+            cells.append(f"{r['gflops_per_second']:.0f} ({100 * share:.0f}%)")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _plot(results: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    names = sorted({r["attention"] for r in results})
+    for name in names:
+        rows = sorted(
+            (r for r in results if r["attention"] == name and r.get("status") == "ok"),
+            key=lambda r: r["length"],
+        )
+        if not rows:
+            continue
+        lengths = [r["length"] for r in rows]
+        style = "k-o" if name == "full" else "-o"
+        axes[0].plot(lengths, [r["steps_per_second"] for r in rows], style, label=name, ms=3)
+        mem = [(r["length"], r["peak_mib"]) for r in rows if r.get("peak_mib")]
+        if mem:
+            axes[1].plot(*zip(*mem, strict=True), style, label=name, ms=3)
+    for ax, title in zip(axes, ["training steps/s", "peak memory (MiB)"], strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> dict | None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", default="1024,2048,3072,4096")
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--attentions", default="all")
+    parser.add_argument("--jit_compile", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="profiler traces per variant")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--out_dir", default="results")
+    parser.add_argument("--worker", choices=["step", "matmul"], help=argparse.SUPPRESS)
+    parser.add_argument("--attention", help=argparse.SUPPRESS)
+    parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--trace_dir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker == "matmul":
+        print(json.dumps(_worker_matmul()))
+        return None
+    if args.worker == "step":
+        print(json.dumps(_worker_step(args)))
+        return None
+
+    from lra_keras.layers import ATTENTIONS
+
+    lengths = [int(n) for n in args.lengths.split(",")]
+    if args.attentions == "all":
+        names = ["full", BASELINE] + sorted(n for n in ATTENTIONS if n != "full")
+    else:
+        names = args.attentions.split(",")
+        unknown = sorted(set(names) - set(ATTENTIONS) - {BASELINE})
+        if unknown:
+            parser.error(f"unknown attention(s) {unknown}; known: {sorted(ATTENTIONS)}")
+    os.makedirs(args.out_dir, exist_ok=True)
+    matmul = _run_worker("matmul", args)
+    print(f"matmul: {matmul}", flush=True)
+    results = []
+    for length in lengths:
+        for name in names:
+            result = _run_worker("step", args, attention=name, length=length)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    report = {"config": vars(args), "matmul": matmul, "results": results}
+    with open(os.path.join(args.out_dir, "efficiency.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(args.out_dir, "efficiency.md"), "w") as f:
+        f.write(_table(results, lengths, args, matmul))
+    _plot(results, os.path.join(args.out_dir, "efficiency.png"))
+    return report
+
+
+if __name__ == "__main__":
+    main()
