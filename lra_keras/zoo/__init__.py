@@ -6,6 +6,7 @@ data and training settings); `build_model(...)` builds the Keras model from it, 
 """
 
 from lra_keras.zoo.builders import build_model, build_model_from_config
+from lra_keras.zoo.byte_language_model import ByteLanguageModel
 from lra_keras.zoo.config import (
     CONFIG_KEYS,
     MODEL_KEYS,
@@ -14,15 +15,15 @@ from lra_keras.zoo.config import (
     get_config,
     validate_config,
 )
-from lra_keras.zoo.presets import PRESETS, RESERVED_ATTENTIONS, RESERVED_TASKS, TASKS
+from lra_keras.zoo.presets import PRESETS, RECURRENT_ATTENTIONS, TASKS
 
 __all__ = [
+    "ByteLanguageModel",
     "CONFIG_KEYS",
     "MODEL_KEYS",
     "OVERRIDE_KEYS",
     "PRESETS",
-    "RESERVED_ATTENTIONS",
-    "RESERVED_TASKS",
+    "RECURRENT_ATTENTIONS",
     "TASKS",
     "TRAINING_KEYS",
     "build_model",

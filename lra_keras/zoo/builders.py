@@ -6,6 +6,7 @@ import keras
 
 from lra_keras.layers import LRAEncoder, SequencePooling
 from lra_keras.zoo import presets
+from lra_keras.zoo.byte_language_model import ByteLanguageModel
 from lra_keras.zoo.config import get_config, validate_config
 
 
@@ -36,6 +37,23 @@ def _encoder(config: dict) -> LRAEncoder:
     )
 
 
+def _language_model(config: dict) -> ByteLanguageModel:
+    model = ByteLanguageModel(
+        block=config["attention"],
+        embed_dim=config["embed_dim"],
+        num_layers=config["num_layers"],
+        num_heads=config["num_heads"],
+        key_dim=config["qkv_dim"] // config["num_heads"],
+        mlp_dim=config["mlp_dim"],
+        dropout=config["dropout"],
+        attention_dropout=config["attention_dropout"],
+        name=f"lra_lm_{config['attention']}",
+        **config["attention_kwargs"],
+    )
+    model(keras.ops.ones((1, config["max_length"]), "int32"))
+    return model
+
+
 def _dense(units: int, name: str, activation=None, dtype=None):
     # Flax's default Dense initialisation, as LRA's classifier head.
     return keras.layers.Dense(
@@ -54,6 +72,7 @@ def _token_input(config: dict, name: str):
 def build_model_from_config(config: dict) -> keras.Model:
     """Builds the task model a `get_config` dict (or its saved JSON) describes.
 
+    Task `lm` gives a `ByteLanguageModel` (token ids -> next-byte logits `[batch, L, 257]`).
     Classifiers take `{"tokens": int32 [batch, max_length]}`; the retrieval model takes
     `{"tokens_1", "tokens_2"}` (one shared encoder, a CLS token per tower, no cross-attention,
     features `[u, v, u * v, u - v]`). Both return float32 logits `[batch, num_classes]` (the
@@ -66,6 +85,8 @@ def build_model_from_config(config: dict) -> keras.Model:
         An unbuilt-weights `keras.Model` (functional; its variables exist).
     """
     config = validate_config(dict(config))
+    if config["task"] == "lm":
+        return _language_model(config)
     encoder = _encoder(config)
     pooling = SequencePooling(config["pooling"], name="pooling")
     num_classes = config["num_classes"]

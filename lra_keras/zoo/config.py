@@ -62,13 +62,10 @@ def _names(values) -> str:
 
 
 def _check_task(task: str) -> None:
-    if task in presets.RESERVED_TASKS:
+    if task not in presets.TASKS and task != "lm":
         raise ValueError(
-            f"Task '{task}' ({presets.RESERVED_TASKS[task]}) is reserved for a later release "
-            f"and not yet available. Available tasks: {_names(presets.TASKS)}."
+            f"Unknown task {task!r}. Available tasks: {_names(list(presets.TASKS) + ['lm'])}."
         )
-    if task not in presets.TASKS:
-        raise ValueError(f"Unknown task {task!r}. Available tasks: {_names(presets.TASKS)}.")
 
 
 def _check_preset(preset: str) -> None:
@@ -78,17 +75,69 @@ def _check_preset(preset: str) -> None:
         )
 
 
-def _check_attention(attention: str) -> type:
-    if attention in presets.RESERVED_ATTENTIONS:
-        raise ValueError(
-            f"Attention '{attention}' ({presets.RESERVED_ATTENTIONS[attention]}) is not yet "
-            f"available in the zoo. Available attention names: {_names(ATTENTIONS)}."
-        )
+def _check_attention(attention: str) -> type | None:
+    """The variant's class; None for a segment-recurrent encoder (`transformer_xl`, ...)."""
+    if attention in presets.RECURRENT_ATTENTIONS:
+        return None
     if attention not in ATTENTIONS:
+        known = list(ATTENTIONS) + list(presets.RECURRENT_ATTENTIONS)
         raise ValueError(
-            f"Unknown attention {attention!r}. Available attention names: {_names(ATTENTIONS)}."
+            f"Unknown attention {attention!r}. Available attention names: {_names(known)}."
         )
     return ATTENTIONS[attention]
+
+
+def _fill_recurrent_needs(config: dict, overrides: dict) -> None:
+    attention, kwargs = config["attention"], config["attention_kwargs"]
+    unknown = sorted(set(kwargs) - set(presets.RECURRENT_KWARGS))
+    if unknown:
+        raise ValueError(
+            f"The '{attention}' encoder has no argument(s) {unknown} (from `attention_kwargs`). "
+            f"Its arguments: {', '.join(presets.RECURRENT_KWARGS)}."
+        )
+    for key, value in presets.recurrent_defaults(attention, config["max_length"]).items():
+        kwargs.setdefault(key, value)
+    if attention != "compressive":
+        for key in ("compressed_memory_length", "compression_rate", "compression"):
+            if key in kwargs:
+                raise ValueError(f"`{key}` applies to the 'compressive' encoder only.")
+    if config["task"] == "lm":
+        return
+    # A CLS token would sit in the first segment only; pool over every real token instead.
+    if overrides.get("pooling") == "cls":
+        raise ValueError(
+            f"The segment-recurrent '{attention}' encoder needs pooling='mean': a CLS token "
+            "would only see the first segment."
+        )
+    config["pooling"] = "mean"
+
+
+def _lm_config(attention: str, preset: str, overrides: dict) -> dict:
+    if attention not in presets.RECURRENT_ATTENTIONS:
+        raise ValueError(
+            f"Task 'lm' runs on the segment-recurrent encoders: attention must be one of "
+            f"{_names(presets.RECURRENT_ATTENTIONS)}, got {attention!r}."
+        )
+    config = {"task": "lm", "attention": attention, "preset": preset, "vocab_size": 257}
+    config.update(presets.LM_MODEL[preset])
+    config.update(presets.LM_TRAINING)
+    config.update({"dropout": 0.1, "attention_dropout": 0.0, "attention_kwargs": {}})
+    valid = sorted(set(config) - {"task", "attention", "preset", "vocab_size"})
+    if overrides.get("vocab_size", 257) != 257:
+        raise ValueError("Task 'lm' reads bytes: `vocab_size` is fixed at 257 (byte + 1).")
+    overrides = {k: v for k, v in overrides.items() if k != "vocab_size"}
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"Unknown config key(s) {unknown} for task 'lm'. Valid keys: {', '.join(valid)}."
+        )
+    for key, value in overrides.items():
+        if key == "attention_kwargs":
+            config["attention_kwargs"].update(copy.deepcopy(value or {}))
+        else:
+            config[key] = copy.deepcopy(value)
+    _fill_recurrent_needs(config, overrides)
+    return _jsonable(config)
 
 
 def attention_parameters(cls: type) -> dict[str, inspect.Parameter]:
@@ -296,6 +345,13 @@ def validate_config(config: dict) -> dict:
     """Checks a config dict's keys and values; returns it (raises a ValueError when invalid)."""
     if not isinstance(config, dict):
         raise ValueError(f"A zoo config must be a dict, got {type(config).__name__}.")
+    if config.get("task") == "lm":
+        return _lm_config(
+            config.get("attention"),
+            config.get("preset"),
+            {k: v for k, v in config.items() if k not in ("task", "attention", "preset")}
+            | {"vocab_size": 257},
+        )
     missing = [k for k in CONFIG_KEYS if k not in config]
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if missing or unknown:
@@ -372,8 +428,12 @@ def get_config(task: str, attention: str = "full", preset: str = "lra", **overri
 
     Args:
         task: one of `listops`, `text`, `retrieval`, `image`, `pathfinder` (32x32),
-            `pathfinder64`, `pathx` (128x128), `pathfinder256` (`lm` is reserved).
-        attention: any name in `lra_keras.layers.ATTENTIONS`.
+            `pathfinder64`, `pathx` (128x128), `pathfinder256`, or `lm` (the byte-level
+            language model; its config has the model and training keys only).
+        attention: any name in `lra_keras.layers.ATTENTIONS`, or `transformer_xl` /
+            `compressive` for a segment-recurrent encoder (`attention_kwargs`:
+            segment_length, memory_length, compressed_memory_length, compression_rate,
+            compression; mean pooling).
         preset: `lra` (LRA's configs with their per-model overrides), `small` (2 layers,
             width 64, 2 heads, MLP 128) or `tiny` (tests and CPU demos; short sequences).
         **overrides: any top-level config key (`CONFIG_KEYS` less the three arguments);
@@ -392,10 +452,15 @@ def get_config(task: str, attention: str = "full", preset: str = "lra", **overri
     _check_task(task)
     _check_preset(preset)
     cls = _check_attention(attention)
+    if task == "lm":
+        return _lm_config(attention, preset, overrides)
     config = {"task": task, "attention": attention, "preset": preset}
     config.update(_preset_config(task, attention, preset))
     _apply_overrides(config, task, overrides)
     validate_config(config)
-    _fill_attention_needs(config, task, cls, overrides)
+    if cls is None:
+        _fill_recurrent_needs(config, overrides)
+    else:
+        _fill_attention_needs(config, task, cls, overrides)
     config = _jsonable({k: config[k] for k in CONFIG_KEYS})
     return config

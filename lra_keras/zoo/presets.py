@@ -28,11 +28,69 @@ TASKS: dict[str, dict] = {
     "pathx": {"kind": "classifier", "vocab_size": 256, "num_classes": 2, "grid": True},
     "pathfinder256": {"kind": "classifier", "vocab_size": 256, "num_classes": 2, "grid": True},
 }
-# Reserved for later issues.
-RESERVED_TASKS = {"lm": "the byte-level causal language model (on the recurrence blocks)"}
-RESERVED_ATTENTIONS = {
+# Segment-recurrent encoders (not registry attentions): Transformer-XL and Compressive blocks
+# run over the sequence segment by segment. Their `attention_kwargs` and defaults:
+RECURRENT_ATTENTIONS = {
     "transformer_xl": "the segment-recurrent Transformer-XL encoder",
     "compressive": "the segment-recurrent Compressive Transformer encoder",
+}
+RECURRENT_KWARGS = (
+    "segment_length",
+    "memory_length",
+    "compressed_memory_length",
+    "compression_rate",
+    "compression",
+)
+
+
+def recurrent_defaults(attention: str, max_length: int) -> dict:
+    """Four or more segments of at most 256 tokens, as much memory, compressed memory half."""
+    segment = min(256, max(1, max_length // 4))
+    defaults = {"segment_length": segment, "memory_length": segment}
+    if attention == "compressive":
+        defaults.update(
+            compressed_memory_length=max(1, segment // 2), compression_rate=3, compression="conv"
+        )
+    return defaults
+
+
+# The byte-level language model (task `lm`): model sizes per preset and its training settings.
+LM_MODEL = {
+    "lra": {
+        "embed_dim": 256,
+        "num_layers": 4,
+        "num_heads": 4,
+        "qkv_dim": 256,
+        "mlp_dim": 1024,
+        "max_length": 1024,
+    },
+    "small": {
+        "embed_dim": 128,
+        "num_layers": 2,
+        "num_heads": 4,
+        "qkv_dim": 128,
+        "mlp_dim": 256,
+        "max_length": 256,
+    },
+    "tiny": {
+        "embed_dim": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+        "qkv_dim": 32,
+        "mlp_dim": 64,
+        "max_length": 64,
+    },
+}
+LM_TRAINING = {
+    "batch_size": 16,
+    "learning_rate": 1e-3,
+    "weight_decay": 0.01,
+    "warmup_steps": 100,
+    "schedule": "cosine",
+    "num_train_steps": 2000,
+    "grad_clip_norm": 1.0,
+    "eval_every": 200,
+    "num_eval_steps": 20,
 }
 PRESETS = ("lra", "small", "tiny")
 

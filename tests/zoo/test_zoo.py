@@ -367,11 +367,41 @@ def test_clear_errors_for_bad_names():
         build_model("text", "fulll", "tiny")
     with pytest.raises(ValueError, match="Unknown config key.*'num_layer'.*num_layers"):
         get_config("text", "full", "tiny", num_layer=3)
-    with pytest.raises(ValueError, match="'lm'.*not yet available"):
-        get_config("lm")
-    for name in ("transformer_xl", "compressive"):
-        with pytest.raises(ValueError, match=f"'{name}'.*not yet available"):
-            get_config("text", name)
+    with pytest.raises(ValueError, match="'lm' runs on the segment-recurrent encoders"):
+        get_config("lm", "full")
+    with pytest.raises(ValueError, match="needs pooling='mean'"):
+        get_config("text", "transformer_xl", "tiny", pooling="cls")
+    with pytest.raises(ValueError, match="has no argument.*'block_size'"):
+        get_config("text", "compressive", "tiny", attention_kwargs={"block_size": 4})
+
+
+@pytest.mark.parametrize("attention", ["transformer_xl", "compressive"])
+@pytest.mark.parametrize("task", ["listops", "retrieval"])
+def test_segment_recurrent_encoders_train_a_step(task, attention):
+    config = get_config(task, attention, "tiny")
+    assert config["pooling"] == "mean"
+    assert config["attention_kwargs"]["segment_length"] < config["max_length"]
+    model = build_model_from_config(config)
+    names = ["tokens_1", "tokens_2"] if task == "retrieval" else ["tokens"]
+    inputs = {n: np.ones((2, config["max_length"]), "int32") for n in names}
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(inputs, training=True) ** 2) + sum(model.losses)
+    grads = tape.gradient(loss, model.trainable_variables)
+    missing = [v.path for v, g in zip(model.trainable_variables, grads, strict=True) if g is None]
+    assert not missing
+
+
+@pytest.mark.parametrize("attention", ["transformer_xl", "compressive"])
+def test_lm_task_builds_the_byte_language_model(attention):
+    config = get_config("lm", attention, "tiny", attention_kwargs={"memory_length": 8})
+    model = build_model_from_config(config)
+    assert type(model).__name__ == "ByteLanguageModel"
+    assert model.memory_length == 8
+    logits = model(np.ones((2, config["max_length"]), "int32"))
+    assert tuple(logits.shape) == (2, config["max_length"], 257)
+    assert build_model_from_config(json.loads(json.dumps(config))).count_params() == (
+        model.count_params()
+    )
 
 
 def test_clear_errors_for_bad_values():

@@ -8,6 +8,10 @@ from keras import ops
 from lra_keras.layers.encoder.position_embedding import PositionEmbedding
 from lra_keras.layers.encoder.sinusoidal_position_embedding import SinusoidalPositionEmbedding
 from lra_keras.layers.encoder.transformer_encoder_block import TransformerEncoderBlock
+from lra_keras.layers.recurrence.segment_recurrent_encoder import (
+    BLOCKS as RECURRENT_BLOCKS,
+)
+from lra_keras.layers.recurrence.segment_recurrent_encoder import SegmentRecurrentEncoder
 
 
 @keras.saving.register_keras_serializable(package="lra_keras")
@@ -26,7 +30,9 @@ class LRAEncoder(keras.layers.Layer):
         num_heads: int. Attention heads per block.
         key_dim: int. Size of each head.
         mlp_dim: int. MLP hidden size.
-        attention: str. A registry name.
+        attention: str. A registry name, or "transformer_xl" / "compressive" for a
+            `SegmentRecurrentEncoder` stack (then `attention_kwargs` are its segment and
+            memory arguments).
         attention_kwargs: dict. The variant's own hyperparameters.
         dropout: float. Dropout on embeddings and in the blocks.
         attention_dropout: float. Dropout on attention probabilities.
@@ -109,20 +115,37 @@ class LRAEncoder(keras.layers.Layer):
                 dtype=self.dtype_policy, name="position_embedding"
             )
         self.embedding_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
-        self.blocks = [
-            TransformerEncoderBlock(
+        self.recurrent = None
+        self.blocks = []
+        if self.attention in RECURRENT_BLOCKS:
+            self.recurrent = SegmentRecurrentEncoder(
+                block=self.attention,
+                num_layers=self.num_layers,
                 num_heads=self.num_heads,
                 key_dim=self.key_dim,
                 mlp_dim=self.mlp_dim,
-                attention=self.attention,
-                attention_kwargs=self.attention_kwargs,
                 dropout=self.dropout,
                 attention_dropout=self.attention_dropout,
+                causal=self.causal,
                 dtype=self.dtype_policy,
-                name=f"block_{i}",
+                name="recurrent",
+                **self.attention_kwargs,
             )
-            for i in range(self.num_layers)
-        ]
+        else:
+            self.blocks = [
+                TransformerEncoderBlock(
+                    num_heads=self.num_heads,
+                    key_dim=self.key_dim,
+                    mlp_dim=self.mlp_dim,
+                    attention=self.attention,
+                    attention_kwargs=self.attention_kwargs,
+                    dropout=self.dropout,
+                    attention_dropout=self.attention_dropout,
+                    dtype=self.dtype_policy,
+                    name=f"block_{i}",
+                )
+                for i in range(self.num_layers)
+            ]
         self.final_norm = keras.layers.LayerNormalization(
             epsilon=1e-6, dtype=self.dtype_policy, name="encoder_norm"
         )
@@ -141,6 +164,8 @@ class LRAEncoder(keras.layers.Layer):
         self.position_embedding.build(seq_shape)
         for block in self.blocks:
             block.build(seq_shape)
+        if self.recurrent is not None:
+            self.recurrent.build(seq_shape)
         self.final_norm.build(seq_shape)
 
     def _seq_length(self, length):
@@ -172,6 +197,8 @@ class LRAEncoder(keras.layers.Layer):
         x = self.embedding_dropout(x, training=training)
         for block in self.blocks:
             x = block(x, padding_mask=mask, training=training, use_causal_mask=self.causal)
+        if self.recurrent is not None:
+            x = self.recurrent(x, padding_mask=mask, training=training)
         return self.final_norm(x)
 
     def compute_mask(self, tokens, mask=None):
