@@ -1,28 +1,36 @@
 """One table of every registered attention's test arguments, read by the contract suite.
 
-Each entry: `kwargs` (the variant's own hyperparameters for a tiny layer) and `length` (the
-sequence length its contract tests use; prime or odd lengths check internal padding). A variant
+Each entry: `kwargs` (the variant's own hyperparameters for a tiny layer), `length` (the
+sequence length its contract tests use; prime or odd lengths check internal padding) and
+`quadratic` (True where the analytic FLOP count grows with the square of the length). A variant
 added to the registry without an entry here fails `test_every_variant_has_a_case`.
 """
 
 DEFAULT_LENGTH = 13
 
 CASES = {
-    "full": {"kwargs": {}},
+    "full": {"kwargs": {}, "quadratic": True},
     "local": {"kwargs": {"block_size": 4}},
     "image_local": {
         "kwargs": {"image_shape": (3, 5), "query_shape": (2, 2), "memory_flange": (1, 1)},
         "length": 15,
     },
-    "sparse": {"kwargs": {"pattern": "fixed", "block_size": 4, "num_summary": 2}},
+    # At a fixed block size the summary columns grow with L: L^2 c / b FLOPs.
+    "sparse": {
+        "kwargs": {"pattern": "fixed", "block_size": 4, "num_summary": 2},
+        "quadratic": True,
+    },
     "longformer": {"kwargs": {"window_size": 4, "dilation": 2, "global_tokens": (0, 5)}},
     "bigbird": {"kwargs": {"block_size": 2, "num_random_blocks": 1}, "length": 21},
     "axial": {"kwargs": {"axis_shape": (3, 4)}, "length": 12},
-    "chunked": {"kwargs": {"query_chunk_size": 4, "key_chunk_size": 5}},
+    "chunked": {"kwargs": {"query_chunk_size": 4, "key_chunk_size": 5}, "quadratic": True},
     "linear": {"kwargs": {"chunk_size": 4}},
     "linformer": {"kwargs": {"max_length": 13, "projection_dim": 4}},
     "performer": {"kwargs": {"num_random_features": 16, "chunk_size": 4}},
-    "synthesizer": {"kwargs": {"max_length": 13, "mode": "dense", "factor_rank": 3}},
+    "synthesizer": {
+        "kwargs": {"max_length": 13, "mode": "dense", "factor_rank": 3},
+        "quadratic": True,
+    },
 }
 
 

@@ -187,3 +187,19 @@ def test_gradients_are_finite_and_ignore_padding(name):
         if g is not None:
             assert np.all(np.isfinite(tf.convert_to_tensor(g).numpy()))
     np.testing.assert_allclose(grads[0].numpy()[~mask], 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_analytic_flops_scale_with_length(name):
+    layer = make_layer(name)
+    x, mask = inputs(name)
+    call(layer, x, mask)
+    if not hasattr(layer, "attention_flops"):
+        pytest.fail(f"{name} must state its analytic FLOP count (attention_flops)")
+    length = case(name)["length"]
+    short = layer.attention_flops(2, 64 * length, 64 * length)
+    long = layer.attention_flops(2, 128 * length, 128 * length)
+    assert isinstance(short, int) and short > 0
+    # Quadratic variants grow 4x when the length doubles; the others about 2x.
+    expected = 4.0 if case(name).get("quadratic") else 2.0
+    assert long / short == pytest.approx(expected, rel=0.3)

@@ -104,6 +104,11 @@ class AxialAttention(BaseAttention):
         out = ops.einsum("bhcqk,bhkcd->bhqcd", self._dropout_probs(probs, training), y)
         return attention_utils.heads_last(ops.reshape(out, (-1, heads, h * w, dv)))
 
+    def attention_flops(self, batch, query_length, key_length, causal=False):
+        """A row stage over `width` keys and a column stage over `height` keys."""
+        height, width = self.axis_shape
+        return self._pair_flops(batch, query_length, height + width)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update({"axis_shape": self.axis_shape})

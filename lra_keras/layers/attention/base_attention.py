@@ -396,8 +396,12 @@ class BaseAttention(keras.layers.Layer):
         do less (or more) override it; the efficiency benchmark reports it beside the time.
         """
         del causal
-        pairs = query_length * key_length
-        return 2 * batch * self.num_heads * pairs * (self.key_dim + self.value_dim)
+        return self._pair_flops(batch, query_length, key_length)
+
+    def _pair_flops(self, batch: int, queries: int, keys_per_query: float) -> int:
+        """FLOPs of scoring and mixing `keys_per_query` keys for each of `queries` queries."""
+        per_pair = 2 * self.num_heads * (self.key_dim + self.value_dim)
+        return int(batch * queries * keys_per_query * per_pair)
 
     # --------------------------------------------------------------- weights
 

@@ -240,6 +240,16 @@ class BigBirdAttention(BaseAttention):
         out = ops.concatenate([out_glob[:, :, None, :b], out_mid, out_glob[:, :, None, b:]], axis=2)
         return attention_utils.heads_last(attention_utils.from_blocks(out, length, axis=2))
 
+    def attention_flops(self, batch, query_length, key_length, causal=False):
+        """(3 window + 2 global + r random) blocks per query; the two global blocks score all."""
+        b = self.block_size
+        if query_length < self.min_sparse_length():
+            return self._pair_flops(batch, query_length, key_length)
+        keys = (5 + self.num_random_blocks) * b
+        return self._pair_flops(batch, query_length, keys) + self._pair_flops(
+            batch, 2 * b, key_length
+        )
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update({"block_size": self.block_size, "num_random_blocks": self.num_random_blocks})

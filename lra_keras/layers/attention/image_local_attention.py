@@ -193,6 +193,14 @@ class ImageLocalAttention(BaseAttention):
         out = ops.reshape(out, (-1, out.shape[1] * out.shape[2], heads, out.shape[-1]))
         return ops.take(out, tables["inverse"], axis=1)
 
+    def attention_flops(self, batch, query_length, key_length, causal=False):
+        """Each query scores its block's memory: the query block plus its flanges."""
+        if self.image_shape is None:
+            return self._pair_flops(batch, query_length, 2 * self.block_length)
+        (qh, qw), (fh, fw) = self.query_shape, self.memory_flange
+        memory = (qh + (fh if causal else 2 * fh)) * (qw + 2 * fw)
+        return self._pair_flops(batch, query_length, memory)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(

@@ -86,6 +86,14 @@ class LinearAttention(BaseAttention):
         phi_k = attention_utils.zero_padded(self._features(k), key_mask)
         return linear_attention(phi_q, phi_k, v, causal=causal, chunk_size=self.chunk_size)
 
+    def attention_flops(self, batch, query_length, key_length, causal=False):
+        """phi(K)^T V and phi(Q) S (d x dv each per token), plus chunk-local blocks if causal."""
+        h, d, dv = self.num_heads, self.key_dim, self.value_dim
+        flops = 2 * batch * h * (query_length + key_length) * d * (dv + 1)
+        if causal:
+            flops += self._pair_flops(batch, query_length, min(self.chunk_size, key_length))
+        return flops
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update({"feature_map": self.feature_map, "chunk_size": self.chunk_size})

@@ -131,6 +131,11 @@ class LinformerAttention(BaseAttention):
         probs = self._dropout_probs(attention_utils.masked_softmax(logits), training)
         return ops.einsum("bhtp,bphd->bthd", probs, ops.cast(v_low, probs.dtype))
 
+    def attention_flops(self, batch, query_length, key_length, causal=False):
+        """Projecting K and V to `projection_dim` rows, then attention over those rows."""
+        k = min(self.projection_dim, self.max_length)
+        return 2 * self._pair_flops(batch, query_length, k)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(

@@ -86,6 +86,11 @@ class LocalAttention(BaseAttention):
         out = ops.einsum("bhnqk,bhnkd->bhnqd", probs, vb)
         return attention_utils.heads_last(attention_utils.from_blocks(out, length, axis=2))
 
+    def attention_flops(self, batch, query_length, key_length, causal=False):
+        """Each query scores the `block_size` keys of its block (padded to whole blocks)."""
+        b = min(self.block_size, query_length)
+        return self._pair_flops(batch, -(-query_length // b) * b, b)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update({"block_size": self.block_size})

@@ -200,6 +200,12 @@ class LongformerAttention(BaseAttention):
         index[glob] = length + np.arange(len(glob))
         return ops.take(ops.concatenate([out, out_g], axis=2), index, axis=2)
 
+    def attention_flops(self, batch, query_length, key_length, causal=False):
+        """Chunks of w/2 score three chunks (1.5 w keys) plus the globals; globals score all."""
+        globals_ = len(self.global_tokens)
+        band = self._pair_flops(batch, query_length, 1.5 * self.window_size + globals_)
+        return band + self._pair_flops(batch, globals_, key_length)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(

@@ -201,6 +201,15 @@ class PerformerAttention(BaseAttention):
             eps=0.0,
         )
 
+    def attention_flops(self, batch, query_length, key_length, causal=False):
+        """Random features for Q and K (d x m), then linear attention with m features."""
+        h, d, dv, m = self.num_heads, self.key_dim, self.value_dim, self.num_random_features
+        tokens = query_length + key_length
+        flops = 2 * batch * h * tokens * d * m + 2 * batch * h * tokens * m * (dv + 1)
+        if causal:
+            flops += 2 * batch * h * query_length * min(self.chunk_size, key_length) * (m + dv)
+        return flops
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(

@@ -189,6 +189,16 @@ class SparseAttention(BaseAttention):
             "bhnrm,bhmrd->bhnrd", p_col, vb
         )
 
+    def attention_flops(self, batch, query_length, key_length, causal=False):
+        """Own block plus summary columns ("fixed"), or two blocks plus strides ("strided")."""
+        b = min(self.block_size, query_length)
+        blocks = -(-query_length // b)
+        if self.pattern == "fixed":
+            keys = b + blocks * min(self.num_summary, b)
+        else:
+            keys = 2 * b + blocks
+        return self._pair_flops(batch, blocks * b, keys)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(

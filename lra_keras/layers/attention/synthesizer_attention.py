@@ -199,6 +199,17 @@ class SynthesizerAttention(BaseAttention):
         probs = self._dropout_probs(attention_utils.masked_softmax(logits, mask), training)
         return ops.einsum("bhqk,bkhd->bqhd", probs, v)
 
+    def attention_flops(self, batch, query_length, key_length, causal=False):
+        """Mixing values over every key, dot-product logits if mixed, and the dense MLP."""
+        h, d, dv = self.num_heads, self.key_dim, self.value_dim
+        flops = 2 * batch * h * query_length * key_length * dv
+        if self.mix_dot_product:
+            flops += 2 * batch * h * query_length * key_length * d
+        if self.mode in ("dense", "factorized_dense"):
+            width = self.max_length if self.mode == "dense" else self.factor_a + self.factor_b
+            flops += 2 * batch * h * query_length * d * width
+        return flops
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
