@@ -1,0 +1,130 @@
+"""`load`: the tf.data input pipeline of every LRA task."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from lra_keras.data import readers
+from lra_keras.data.tasks import (
+    DEFAULT_MAX_LENGTH,
+    PATHFINDER_RESOLUTION,
+    SHUFFLE_BUFFER,
+    check_difficulty,
+    check_split,
+    check_task,
+)
+
+_TASK_OPTIONS = {
+    "listops": {"task_name": "basic"},
+    "text": {"split_seed": 0},
+    "retrieval": {},
+    "image": {},
+}
+_TASK_OPTIONS.update({t: {"difficulty": "hard", "split_seed": 0} for t in PATHFINDER_RESOLUTION})
+
+
+def load(
+    task: str,
+    split: str,
+    data_dir: str,
+    batch_size: int,
+    max_length: int | None = None,
+    shuffle: bool | None = None,
+    seed: int = 0,
+    **task_options,
+) -> tf.data.Dataset:
+    """Returns the batched `tf.data.Dataset` of `(features, label)` for an LRA task.
+
+    Features match the zoo's inputs: `{"tokens": int32 [B, L]}` for the classifiers and
+    `{"tokens_1", "tokens_2"}` for retrieval; labels are int32 `[B]`. The pipeline is pure
+    tf.data (its iterator can be checkpointed) and deterministic for a given `seed`.
+
+    Args:
+        task: one of `TASKS` (listops, text, retrieval, image, pathfinder, pathfinder64, pathx,
+            pathfinder256).
+        split: "train", "validation" or "test".
+        data_dir: the task's folder: ListOps `basic_*.tsv`, AAN `new_aan_pairs.*.tsv`, a TFDS
+            folder with `imdb_reviews` / `cifar10`, or a Pathfinder resolution folder holding
+            `curv_*` difficulty folders. LRA release folders work too. If `lra-data prepare` has
+            written TFRecords under `<data_dir>/tfds`, they are read instead.
+        batch_size: the global batch size. Train batches drop the remainder (static batch
+            shape); validation and test keep it, so every example is evaluated once.
+        max_length: token length (truncate, pad with 0); defaults: listops 2000, text 4000,
+            retrieval 4000 (per document). Image and Pathfinder lengths are fixed by the
+            resolution (None or exactly res*res).
+        shuffle: shuffle examples (not batches) with a seeded buffer; default: train only.
+        seed: the shuffle seed; each pass (e.g. after `.repeat()`) reshuffles deterministically.
+        **task_options: listops `task_name="basic"`; text `split_seed=0` (which 10% of train
+            validates); pathfinder tasks `difficulty="hard"` (easy, intermediate, hard) and
+            `split_seed=0` (the 80/10/10 partition).
+
+    Returns:
+        A `tf.data.Dataset` of `(features, label)` batches (not repeated).
+    """
+    check_task(task)
+    check_split(split)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    unknown = set(task_options) - set(_TASK_OPTIONS[task])
+    if unknown:
+        raise ValueError(
+            f"Unknown options {sorted(unknown)} for task {task!r}; valid options are "
+            f"{sorted(_TASK_OPTIONS[task]) or 'none'}."
+        )
+    options = {**_TASK_OPTIONS[task], **task_options}
+    fixed = task == "image" or task in PATHFINDER_RESOLUTION
+    if max_length is None:
+        max_length = DEFAULT_MAX_LENGTH[task]
+    elif not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length must be a positive int, got {max_length!r}.")
+    elif fixed and max_length != DEFAULT_MAX_LENGTH[task]:
+        raise ValueError(
+            f"max_length for task {task!r} is fixed by the image size: expected None or "
+            f"{DEFAULT_MAX_LENGTH[task]}, got {max_length}."
+        )
+    if shuffle is None:
+        shuffle = split == "train"
+
+    records, decode = _records(task, split, data_dir, max_length, options)
+    if shuffle:
+        records = records.shuffle(SHUFFLE_BUFFER[task], seed=seed, reshuffle_each_iteration=True)
+    dataset = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.batch(batch_size, drop_remainder=split == "train")
+    opts = tf.data.Options()
+    opts.deterministic = True
+    return dataset.with_options(opts).prefetch(tf.data.AUTOTUNE)
+
+
+def _records(task, split, data_dir, max_length, options):
+    if task == "text":
+        return readers.text_tfds(data_dir, split, max_length, options["split_seed"])
+    if task == "image":
+        return readers.image_tfds(data_dir, split)
+    if task in PATHFINDER_RESOLUTION:
+        check_difficulty(options["difficulty"])
+    prepared = _prepared(task, split, data_dir, options)
+    if task == "listops":
+        if prepared is not None and options["task_name"] == "basic":
+            return readers.listops_prepared(prepared, max_length)
+        return readers.listops_release(data_dir, split, max_length, options["task_name"])
+    if task == "retrieval":
+        if prepared is not None:
+            return readers.retrieval_prepared(prepared, max_length)
+        return readers.retrieval_release(data_dir, split, max_length)
+    resolution = PATHFINDER_RESOLUTION[task]
+    # Prepared records hold the default partition (split_seed 0).
+    if prepared is not None and options["split_seed"] == 0:
+        return readers.pathfinder_prepared(prepared, resolution)
+    return readers.pathfinder_release(
+        data_dir, split, resolution, options["difficulty"], options["split_seed"]
+    )
+
+
+def _prepared(task, split, data_dir, options):
+    import os
+
+    if not os.path.isdir(os.path.join(data_dir, "tfds")):
+        return None
+    from lra_keras.data import builders
+
+    return builders.prepared_dataset(task, data_dir, split, **options)
