@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 from lra_keras.data import readers
@@ -50,8 +52,9 @@ def load(
         batch_size: the global batch size. Train batches drop the remainder (static batch
             shape); validation and test keep it, so every example is evaluated once.
         max_length: token length (truncate, pad with 0); defaults: listops 2000, text 4000,
-            retrieval 4000 (per document). Image and Pathfinder lengths are fixed by the
-            resolution (None or exactly res*res).
+            retrieval 4000 (per document). Image lengths are fixed by the resolution (None or
+            exactly res*res); Pathfinder also takes s*s with s dividing the resolution, and
+            then area-downsamples the images to s x s (the zoo's `tiny` preset uses 32 x 32).
         shuffle: shuffle examples (not batches) with a seeded buffer; default: train only.
         seed: the shuffle seed; each pass (e.g. after `.repeat()`) reshuffles deterministically.
         **task_options: listops `task_name="basic"`; text `split_seed=0` (which 10% of train
@@ -77,11 +80,22 @@ def load(
         max_length = DEFAULT_MAX_LENGTH[task]
     elif not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length must be a positive int, got {max_length!r}.")
-    elif fixed and max_length != DEFAULT_MAX_LENGTH[task]:
-        raise ValueError(
-            f"max_length for task {task!r} is fixed by the image size: expected None or "
-            f"{DEFAULT_MAX_LENGTH[task]}, got {max_length}."
-        )
+    downsample = None
+    if fixed and max_length != DEFAULT_MAX_LENGTH[task]:
+        resolution = PATHFINDER_RESOLUTION.get(task)
+        side = math.isqrt(max_length)
+        if resolution is None or side * side != max_length or resolution % side:
+            raise ValueError(
+                f"max_length for task {task!r} is fixed by the image size: expected None or "
+                f"{DEFAULT_MAX_LENGTH[task]}"
+                + (
+                    f", or (Pathfinder) s*s with s dividing {resolution} to downsample"
+                    if resolution
+                    else ""
+                )
+                + f"; got {max_length}."
+            )
+        downsample = (resolution, side)
     if shuffle is None:
         shuffle = split == "train"
 
@@ -89,10 +103,24 @@ def load(
     if shuffle:
         records = records.shuffle(SHUFFLE_BUFFER[task], seed=seed, reshuffle_each_iteration=True)
     dataset = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if downsample is not None:
+        dataset = dataset.map(
+            lambda features, label: (_downsample(features, *downsample), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
     dataset = dataset.batch(batch_size, drop_remainder=split == "train")
     opts = tf.data.Options()
     opts.deterministic = True
     return dataset.with_options(opts).prefetch(tf.data.AUTOTUNE)
+
+
+def _downsample(features: dict, resolution: int, side: int) -> dict:
+    """Area-averages a flattened `resolution`^2 image to `side`^2 (small CPU presets)."""
+    image = tf.reshape(tf.cast(features["tokens"], tf.float32), [resolution, resolution, 1])
+    small = tf.image.resize(image, [side, side], method="area")
+    tokens = tf.cast(tf.round(tf.reshape(small, [side * side])), tf.int32)
+    return {**features, "tokens": tokens}
 
 
 def _records(task, split, data_dir, max_length, options):

@@ -147,6 +147,17 @@ def test_reader_splits_and_pixels(pathfinder_dir):
     assert other_rows != set(seen[-2:])
 
 
+def test_downsampling_averages_pixel_blocks(pathfinder_dir):
+    full = next(load("pathfinder", "test", pathfinder_dir, 2, shuffle=False).as_numpy_iterator())
+    small = load("pathfinder", "test", pathfinder_dir, 2, max_length=256, shuffle=False)
+    small = next(small.as_numpy_iterator())
+    blocks = full[0]["tokens"].reshape(2, 16, 2, 16, 2).mean(axis=(2, 4)).reshape(2, 256)
+    np.testing.assert_array_equal(small[0]["tokens"], np.round(blocks).astype(np.int32))
+    np.testing.assert_array_equal(small[1], full[1])
+    with pytest.raises(ValueError, match="s\\*s with s dividing 32"):
+        load("pathfinder", "test", pathfinder_dir, 2, max_length=100)
+
+
 def test_missing_folder_says_how_to_generate(tmp_path):
     expected = "lra-data pathfinder --out DATA_DIR --resolution 128"
     with pytest.raises(FileNotFoundError, match=expected):
