@@ -264,6 +264,11 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("--out_dir", default="results")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="merge into an existing results/efficiency.json (new rows replace old ones)",
+    )
     parser.add_argument("--worker", choices=["step", "matmul"], help=argparse.SUPPRESS)
     parser.add_argument("--attention", help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
@@ -295,8 +300,16 @@ def main(argv=None) -> dict | None:
             result = _run_worker("step", args, attention=name, length=length)
             results.append(result)
             print(json.dumps(result), flush=True)
+    json_path = os.path.join(args.out_dir, "efficiency.json")
+    if args.append and os.path.exists(json_path):
+        with open(json_path) as f:
+            previous = json.load(f)
+        fresh = {(r["attention"], r["length"]) for r in results}
+        kept = [r for r in previous["results"] if (r["attention"], r["length"]) not in fresh]
+        results = kept + results
+        lengths = sorted({r["length"] for r in results})
     report = {"config": vars(args), "matmul": matmul, "results": results}
-    with open(os.path.join(args.out_dir, "efficiency.json"), "w") as f:
+    with open(json_path, "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(args.out_dir, "efficiency.md"), "w") as f:
         f.write(_table(results, lengths, args, matmul))
