@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -66,6 +67,21 @@ def model_flops(model, batch: int, length: int) -> int:
     return 3 * forward
 
 
+def text_overrides(attention: str, length: int) -> dict:
+    """Zoo overrides for the text model; grid variants get a near-square h x w = length grid."""
+    from lra_keras.layers import ATTENTIONS
+    from lra_keras.zoo.config import grid_arguments
+
+    overrides = {"max_length": length}
+    if attention in ATTENTIONS:
+        for arg, required in grid_arguments(ATTENTIONS[attention]).items():
+            if required:
+                height = max(h for h in range(1, math.isqrt(length) + 1) if length % h == 0)
+                overrides["attention_kwargs"] = {arg: [height, length // height]}
+                overrides["pooling"] = "mean"
+    return overrides
+
+
 def _worker_step(args: argparse.Namespace) -> dict:
     import keras
     import numpy as np
@@ -84,7 +100,7 @@ def _worker_step(args: argparse.Namespace) -> dict:
 
         block_module.get_attention = make_mha
         attention = "full"
-    model = build_model("text", attention, "lra", max_length=args.length)
+    model = build_model("text", attention, "lra", **text_overrides(attention, args.length))
     optimizer = keras.optimizers.AdamW(1e-4, beta_2=0.98, epsilon=1e-9)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     rng = np.random.default_rng(0)
