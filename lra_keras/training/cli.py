@@ -1,0 +1,161 @@
+"""`lra-train`: train an LRA task model with any attention under any `tf.distribute` strategy.
+
+    lra-train --task listops --attention local --preset tiny --data_dir data/listops \
+        --model_dir runs/listops --num_train_steps 500 --profile_steps 5,8
+
+Resumes from the latest checkpoint in `--model_dir`; writes TensorBoard logs under
+`<model_dir>/logs`, `results.json`, and (unless `--noexport`) a reusable SavedModel under
+`<model_dir>/export`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("task", None, "LRA task: listops, text, retrieval, image, pathfinder, ...")
+flags.DEFINE_string("attention", "full", "A registered attention name (lra_keras.layers).")
+flags.DEFINE_enum("preset", "lra", ["lra", "small", "tiny"], "Model and training preset.")
+flags.DEFINE_string("data_dir", None, "The task's data folder (see `lra-data`).")
+flags.DEFINE_string("model_dir", None, "Checkpoints, logs and results; resumed if present.")
+flags.DEFINE_enum(
+    "strategy",
+    "auto",
+    ["auto", "default", "mirrored", "multi_worker", "tpu"],
+    "tf.distribute strategy; auto picks TPU > several GPUs > one device.",
+)
+flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
+flags.DEFINE_integer("batch_size", None, "Global batch size (default: the preset's).")
+flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches accumulated per optimizer step.")
+flags.DEFINE_integer("num_train_steps", None, "Optimizer steps (default: the preset's).")
+flags.DEFINE_integer("eval_every", None, "Validate every N steps (default: the preset's).")
+flags.DEFINE_integer(
+    "max_eval_batches", None, "At most N batches per evaluation (default: the preset's)."
+)
+flags.DEFINE_string("profile_steps", None, "Profiler trace over steps 'start,stop', e.g. 5,8.")
+flags.DEFINE_enum(
+    "mixed_precision",
+    "none",
+    ["none", "mixed_float16", "mixed_bfloat16"],
+    "Keras dtype policy (a loss-scale optimizer under mixed_float16).",
+)
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the training and evaluation steps.")
+flags.DEFINE_bool("export", True, "Export the best model at the end (--noexport to skip).")
+flags.DEFINE_multi_string("set", [], "Override a zoo config key: --set key=value (JSON value).")
+flags.DEFINE_integer("seed", 0, "Seed of weights, dropout and data order.")
+flags.DEFINE_integer("verbose", 1, "0 quiet, 1 progress bar, 2 log lines.")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`["key=value", ...]` -> dict, values parsed as JSON when they are JSON."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise app.UsageError(f"--set takes key=value (e.g. --set dropout=0.0), got {item!r}.")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def build_run_config() -> dict:
+    """The zoo config of this run, from --task/--attention/--preset and the overrides."""
+    from lra_keras.zoo import get_config
+
+    overrides = parse_overrides(FLAGS.set)
+    for key in ("batch_size", "num_train_steps", "eval_every"):
+        if getattr(FLAGS, key) is not None:
+            overrides[key] = getattr(FLAGS, key)
+    if FLAGS.max_eval_batches is not None:
+        overrides["num_eval_steps"] = FLAGS.max_eval_batches
+    if FLAGS.task == "lm":
+        raise app.UsageError(
+            "lra-train trains the classification tasks; train the byte-level language model "
+            "with `python -m benchmarks.lm_memory` or ByteLanguageModel.fit."
+        )
+    try:
+        return get_config(FLAGS.task, FLAGS.attention, FLAGS.preset, **overrides)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = build_run_config()
+
+    import keras
+
+    from lra_keras.data import load
+    from lra_keras.training.strategies import make_strategy
+    from lra_keras.training.trainer import Trainer
+    from lra_keras.zoo import build_model_from_config
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    strategy = make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    task, batch = config["task"], config["batch_size"]
+
+    def dataset(split):
+        return load(
+            task,
+            split,
+            FLAGS.data_dir,
+            batch,
+            max_length=config["max_length"],
+            seed=FLAGS.seed,
+        )
+
+    train_data = dataset("train")
+    eval_data = {split: dataset(split) for split in ("validation", "test")}
+    trainer = Trainer(
+        lambda: build_model_from_config(config),
+        train_data,
+        model_dir=FLAGS.model_dir,
+        batch_size=batch,
+        num_train_steps=config["num_train_steps"],
+        eval_data=eval_data,
+        strategy=strategy,
+        learning_rate=config["learning_rate"],
+        weight_decay=config["weight_decay"],
+        warmup_steps=config["warmup_steps"],
+        schedule=config["schedule"],
+        grad_clip_norm=config["grad_clip_norm"],
+        grad_accum_steps=FLAGS.grad_accum_steps,
+        eval_every=config["eval_every"],
+        max_eval_batches=config["num_eval_steps"],
+        mixed_precision=FLAGS.mixed_precision,
+        jit_compile=FLAGS.jit_compile,
+        profile_steps=FLAGS.profile_steps,
+        verbose=FLAGS.verbose,
+        config=config,
+        export_fn="auto" if FLAGS.export else None,
+    )
+    results = trainer.train()
+    best, last = results["best"], results["last"]
+
+    def metrics(entry, split):
+        m = entry.get(split)
+        return "-" if m is None else f"accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}"
+
+    logging.info("Done: %s", json.dumps({"best": best, "last": last}, default=float))
+    print(f"best step {best['step']}: validation {metrics(best, 'validation')}; ")
+    print(f"    test {metrics(best, 'test')}")
+    print(f"last step {last['step']}: test {metrics(last, 'test')}")
+    print(f"results: {os.path.join(FLAGS.model_dir, 'results.json')}")
+    print(f"TensorBoard: tensorboard --logdir {os.path.join(FLAGS.model_dir, 'logs')}")
+    if FLAGS.export and os.path.isdir(os.path.join(FLAGS.model_dir, "export")):
+        print(f"export: {os.path.join(FLAGS.model_dir, 'export')}")
+
+
+def run() -> None:
+    flags.mark_flags_as_required(["task", "data_dir", "model_dir"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
