@@ -128,6 +128,9 @@ def _worker_step(args: argparse.Namespace) -> dict:
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     flops = model_flops(model, args.batch_size, args.length)
+    trace_peak = None
+    if args.trace_dir:
+        trace_peak = profiling.trace_peak_memory(args.trace_dir)["peak_bytes"]
     return {
         "attention": args.attention,
         "length": args.length,
@@ -136,6 +139,7 @@ def _worker_step(args: argparse.Namespace) -> dict:
         "steps_per_second": 1.0 / seconds,
         "peak_mib": memory["peak_mib"],
         "memory_source": memory["source"],
+        "trace_peak_mib": None if trace_peak is None else trace_peak / 2**20,
         "step_gflop": flops / 1e9,
         "gflops_per_second": flops / seconds / 1e9,
     }
@@ -150,7 +154,8 @@ def _run_worker(kind: str, args: argparse.Namespace, **extra) -> dict:
     if args.jit_compile:
         command.append("--jit_compile")
     if args.profile and kind == "step":
-        command += ["--trace_dir", os.path.join(args.out_dir, "traces", extra["attention"])]
+        name = f"{extra['attention']}_{extra['length']}"
+        command += ["--trace_dir", os.path.join(args.out_dir, "traces", name)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     try:
         done = subprocess.run(
@@ -211,6 +216,9 @@ def _table(results: list[dict], lengths: list[int], args, matmul: dict) -> str:
             cells.append(f"{r['peak_mib']:.0f}{ratio}")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     out += [
+        "",
+        "With `--profile`, each run also records a profiler trace (TensorBoard's Profile tab) "
+        "and `trace_peak_mib` in the JSON: the peak the trace's memory profile shows.",
         "",
         "## FLOPs and achieved rate",
         "",

@@ -112,3 +112,29 @@ def test_trace_disabled_does_nothing(tmp_path):
         _allocate(1)
     assert where is None
     assert not os.path.exists(tmp_path / "off")
+
+
+def test_trace_peak_memory_reads_the_memory_profile(tmp_path):
+    from lra_keras.profiling import trace_peak_memory
+
+    logdir = str(tmp_path / "logs")
+
+    @tf.function
+    def f(x):
+        return tf.reduce_sum(tf.matmul(x, x) + 1.0)
+
+    big = tf.ones([1024, 1024])  # 4 MiB, and f's matmul output another 4 MiB
+    with trace(logdir):
+        f(big).numpy()
+    result = trace_peak_memory(logdir)
+    assert result["file"].endswith(".xplane.pb")
+    # TensorFlow's CPU allocator records memory events in the trace on this platform.
+    assert result["peak_bytes"] >= 8 * 2**20
+    assert all(a["peak_bytes_in_use"] > 0 for a in result["allocators"].values())
+
+
+def test_trace_peak_memory_without_a_trace_says_how_to_record_one(tmp_path):
+    from lra_keras.profiling import trace_peak_memory
+
+    with pytest.raises(FileNotFoundError, match="profile_steps"):
+        trace_peak_memory(str(tmp_path))
