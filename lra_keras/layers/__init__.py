@@ -7,12 +7,14 @@ from lra_keras.layers.attention.axial_attention import AxialAttention
 from lra_keras.layers.attention.base_attention import BaseAttention
 from lra_keras.layers.attention.big_bird_attention import BigBirdAttention
 from lra_keras.layers.attention.chunked_attention import ChunkedAttention
+from lra_keras.layers.attention.f_net_mixing import FNetMixing
 from lra_keras.layers.attention.full_attention import FullAttention
 from lra_keras.layers.attention.image_local_attention import ImageLocalAttention
 from lra_keras.layers.attention.linear_attention import LinearAttention
 from lra_keras.layers.attention.linformer_attention import LinformerAttention
 from lra_keras.layers.attention.local_attention import LocalAttention
 from lra_keras.layers.attention.longformer_attention import LongformerAttention
+from lra_keras.layers.attention.nystrom_attention import NystromAttention
 from lra_keras.layers.attention.performer_attention import PerformerAttention
 from lra_keras.layers.attention.registry import ATTENTIONS, get_attention, register_attention
 from lra_keras.layers.attention.sparse_attention import SparseAttention
@@ -34,6 +36,7 @@ __all__ = [
     "BigBirdAttention",
     "ChunkedAttention",
     "CompressiveTransformerBlock",
+    "FNetMixing",
     "FullAttention",
     "ImageLocalAttention",
     "LRAEncoder",
@@ -41,6 +44,7 @@ __all__ = [
     "LinformerAttention",
     "LocalAttention",
     "LongformerAttention",
+    "NystromAttention",
     "PerformerAttention",
     "PositionEmbedding",
     "RelativeMultiHeadAttention",

@@ -31,6 +31,8 @@ CASES = {
         "kwargs": {"max_length": 13, "mode": "dense", "factor_rank": 3},
         "quadratic": True,
     },
+    "nystrom": {"kwargs": {"num_landmarks": 4, "conv_kernel_size": 3}},
+    "fnet": {"kwargs": {}},
 }
 
 

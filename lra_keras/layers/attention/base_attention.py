@@ -17,6 +17,67 @@ _REFUSED_MHA_ARGUMENTS = {
 _REFUSED_DEFAULTS = {"attention_axes": None, "flash_attention": None, "sliding_window": None}
 
 
+# Module-level so that layers with the same interface but not this base (the `fnet` token mixer)
+# raise the same errors.
+def refuse_mha_arguments(layer_name: str, kwargs: dict) -> None:
+    """Pops the MultiHeadAttention arguments this contract refuses from `kwargs`.
+
+    Raises a ValueError naming what to use instead when one is set to a non-default value.
+    """
+    for arg, advice in _REFUSED_MHA_ARGUMENTS.items():
+        if arg in kwargs:
+            value = kwargs.pop(arg)
+            if value != _REFUSED_DEFAULTS.get(arg, False):
+                raise ValueError(
+                    f"{layer_name} does not take MultiHeadAttention's `{arg}` "
+                    f"(got {value!r}): {advice}."
+                )
+
+
+def capability_error(layer, capability: str, detail: str = "") -> ValueError:
+    """The ValueError for asking `layer` for a capability it lacks; names both."""
+    return ValueError(
+        f"Attention variant '{layer.attention_name}' ({type(layer).__name__}) does not support "
+        f"{capability}" + (f": {detail}" if detail else ".")
+    )
+
+
+def check_call_capabilities(
+    layer, use_causal_mask: bool, attention_mask, return_attention_scores: bool
+) -> None:
+    """Raises `capability_error` for a call argument `layer`'s class attributes refuse."""
+    if use_causal_mask and not layer.supports_causal:
+        raise capability_error(layer, "causal masking (`use_causal_mask=True`)")
+    if attention_mask is not None and not layer.supports_attention_mask:
+        raise capability_error(
+            layer,
+            "a dense `attention_mask`",
+            "pass padding masks as `query_mask`/`value_mask` ([batch, length] vectors).",
+        )
+    if return_attention_scores and not layer.supports_attention_scores:
+        raise capability_error(
+            layer, "`return_attention_scores`", "it never forms the attention matrix."
+        )
+
+
+def check_padding_mask(layer_name: str, arg: str, mask, batch_and_length):
+    """Validates a [batch, length] padding mask and casts it to bool (None stays None)."""
+    if mask is None:
+        return None
+    if len(mask.shape) != 2:
+        raise ValueError(
+            f"{layer_name}: `{arg}` must be a [batch, length] padding mask "
+            f"(True = real token), got shape {tuple(mask.shape)}."
+        )
+    for got, want in zip(mask.shape, batch_and_length, strict=True):
+        if got is not None and want is not None and got != want:
+            raise ValueError(
+                f"{layer_name}: `{arg}` has shape {tuple(mask.shape)}, which does "
+                f"not match the input's [batch, length] = {tuple(batch_and_length)}."
+            )
+    return ops.cast(mask, "bool")
+
+
 @keras.saving.register_keras_serializable(package="lra_keras")
 class BaseAttention(keras.layers.Layer):
     """Base of every attention variant: MultiHeadAttention's interface, one `_attend` to write.
@@ -118,14 +179,7 @@ class BaseAttention(keras.layers.Layer):
         seed: int | None = None,
         **kwargs,
     ):
-        for arg, advice in _REFUSED_MHA_ARGUMENTS.items():
-            if arg in kwargs:
-                value = kwargs.pop(arg)
-                if value != _REFUSED_DEFAULTS.get(arg, False):
-                    raise ValueError(
-                        f"{type(self).__name__} does not take MultiHeadAttention's `{arg}` "
-                        f"(got {value!r}): {advice}."
-                    )
+        refuse_mha_arguments(type(self).__name__, kwargs)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         if int(num_heads) <= 0 or int(key_dim) <= 0:
             raise ValueError(
@@ -234,11 +288,7 @@ class BaseAttention(keras.layers.Layer):
     # ------------------------------------------------------------ validation
 
     def _capability_error(self, capability: str, detail: str = "") -> ValueError:
-        name = self.attention_name
-        return ValueError(
-            f"Attention variant '{name}' ({type(self).__name__}) does not support {capability}"
-            + (f": {detail}" if detail else ".")
-        )
+        return capability_error(self, capability, detail)
 
     def _check_shapes(self, query_shape, value_shape, key_shape):
         for arg, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
@@ -260,20 +310,7 @@ class BaseAttention(keras.layers.Layer):
             )
 
     def _check_mask(self, arg: str, mask, batch_and_length):
-        if mask is None:
-            return None
-        if len(mask.shape) != 2:
-            raise ValueError(
-                f"{type(self).__name__}: `{arg}` must be a [batch, length] padding mask "
-                f"(True = real token), got shape {tuple(mask.shape)}."
-            )
-        for got, want in zip(mask.shape, batch_and_length, strict=True):
-            if got is not None and want is not None and got != want:
-                raise ValueError(
-                    f"{type(self).__name__}: `{arg}` has shape {tuple(mask.shape)}, which does "
-                    f"not match the input's [batch, length] = {tuple(batch_and_length)}."
-                )
-        return ops.cast(mask, "bool")
+        return check_padding_mask(type(self).__name__, arg, mask, batch_and_length)
 
     # ------------------------------------------------------------------ call
 
@@ -311,17 +348,7 @@ class BaseAttention(keras.layers.Layer):
         query_mask = self._check_mask("query_mask", query_mask, query.shape[:2])
         value_mask = self._check_mask("value_mask", value_mask, value.shape[:2])
         key_mask = self._check_mask("key_mask", key_mask, key.shape[:2])
-        if use_causal_mask and not self.supports_causal:
-            raise self._capability_error("causal masking (`use_causal_mask=True`)")
-        if attention_mask is not None and not self.supports_attention_mask:
-            raise self._capability_error(
-                "a dense `attention_mask`",
-                "pass padding masks as `query_mask`/`value_mask` ([batch, length] vectors).",
-            )
-        if return_attention_scores and not self.supports_attention_scores:
-            raise self._capability_error(
-                "`return_attention_scores`", "it never forms the attention matrix."
-            )
+        check_call_capabilities(self, use_causal_mask, attention_mask, return_attention_scores)
 
         if query_mask is None:
             query_mask = ops.ones_like(query[..., 0], dtype="bool")
