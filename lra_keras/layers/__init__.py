@@ -16,6 +16,7 @@ from lra_keras.layers.attention.local_attention import LocalAttention
 from lra_keras.layers.attention.longformer_attention import LongformerAttention
 from lra_keras.layers.attention.nystrom_attention import NystromAttention
 from lra_keras.layers.attention.performer_attention import PerformerAttention
+from lra_keras.layers.attention.reformer_attention import ReformerAttention
 from lra_keras.layers.attention.registry import ATTENTIONS, get_attention, register_attention
 from lra_keras.layers.attention.sparse_attention import SparseAttention
 from lra_keras.layers.attention.synthesizer_attention import SynthesizerAttention
@@ -47,6 +48,7 @@ __all__ = [
     "NystromAttention",
     "PerformerAttention",
     "PositionEmbedding",
+    "ReformerAttention",
     "RelativeMultiHeadAttention",
     "SegmentRecurrentEncoder",
     "SequencePooling",

@@ -144,3 +144,25 @@ def int_pair(value, arg: str, variant: str, minimum: int = 1) -> tuple[int, int]
             f"got {value!r}."
         )
     return pair
+
+
+def gather_permutation(x, permutation, inverse_permutation, axis: int):
+    """`take_along_axis(x, permutation, axis)` for a permutation of `axis` (e.g. a sort order).
+
+    Its gradient gathers the upstream gradient with `inverse_permutation` instead of the
+    scatter-add that autodiff makes of a gather (non-deterministic on GPU, and slower), as trax
+    does for LSH sorting. `permutation` and `inverse_permutation` (integer, same shape) must be
+    broadcastable to `x` without enlarging it (size 1 on the trailing feature axes, say), and
+    need no gradient.
+    """
+
+    @ops.custom_gradient
+    def gather(x):
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return ops.take_along_axis(upstream, inverse_permutation, axis=axis)
+
+        return ops.take_along_axis(x, permutation, axis=axis), grad
+
+    return gather(x)
