@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
+
+from benchmarks.child_process import run_json_child
 
 BATCH, HEADS, KEY_DIM, MODEL_DIM = 1, 4, 64, 256
 CONFIGS = (("full", None), ("chunked", 1024), ("chunked", 256))
@@ -84,16 +84,10 @@ def _label(variant: str, chunk: int | None) -> str:
 def _run_child(variant, length, chunk, repeats, timeout) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.chunked_memory", "--child", variant, str(length)]
     cmd += [str(chunk or 0), "--repeats", str(repeats)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"status": f"timed out after {timeout} s"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"status": f"failed (exit {proc.returncode}): {' | '.join(tail)}"}
-    return {"status": "ok", **json.loads(lines[-1])}
+    result = run_json_child(cmd, timeout)
+    if result["status"] != "ok":
+        result["status"] = f"{result['status']}: {result.get('error', '')}"
+    return result
 
 
 def main(argv=None) -> None:

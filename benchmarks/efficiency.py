@@ -21,9 +21,10 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
+
+from benchmarks.child_process import run_json_child
 
 BASELINE = "keras_mha"
 
@@ -156,23 +157,8 @@ def _run_worker(kind: str, args: argparse.Namespace, **extra) -> dict:
     if args.profile and kind == "step":
         name = f"{extra['attention']}_{extra['length']}"
         command += ["--trace_dir", os.path.join(args.out_dir, "traces", name)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=args.timeout, env=env
-        )
-    except subprocess.TimeoutExpired:
-        return {**extra, "status": "timeout", "error": f"over {args.timeout} s"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode == 0 and lines:
-        return json.loads(lines[-1])
-    text = done.stderr[-2000:]
-    out_of_memory = done.returncode in (-9, 137) or "ResourceExhausted" in text or "OOM" in text
-    return {
-        **extra,
-        "status": "out of memory" if out_of_memory else "failed",
-        "error": text.strip().splitlines()[-1] if text.strip() else f"exit {done.returncode}",
-    }
+    result = run_json_child(command, args.timeout)
+    return result if result["status"] == "ok" else {**extra, **result}
 
 
 def _table(results: list[dict], lengths: list[int], args, matmul: dict) -> str:

@@ -23,10 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import time
+
+from benchmarks.child_process import run_json_child
 
 BATCH, HEADS, KEY_DIM, MODEL_DIM = 1, 4, 64, 256
 DEFAULT_ATTENTIONS = "local,image_local,sparse,longformer,bigbird,axial"
@@ -92,16 +92,10 @@ def _measure(name: str, length: int, repeats: int, overrides: dict) -> dict:
 def _run_child(name, length, repeats, overrides, timeout) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.variants_l4096", "--child", name]
     cmd += ["--length", str(length), "--repeats", str(repeats), "--kwargs", json.dumps(overrides)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"status": f"timed out after {timeout} s"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"status": f"failed (exit {proc.returncode}): {' | '.join(tail)}"}
-    return {"status": "ok", **json.loads(lines[-1])}
+    result = run_json_child(cmd, timeout)
+    if result["status"] != "ok":
+        result["status"] = f"{result['status']}: {result.get('error', '')}"
+    return result
 
 
 def main(argv=None) -> None:

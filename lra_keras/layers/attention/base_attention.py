@@ -60,6 +60,26 @@ def check_call_capabilities(
         )
 
 
+def mha_config(layer) -> dict:
+    """The MultiHeadAttention constructor arguments of `layer`, serialised for `get_config`."""
+    return {
+        "num_heads": layer.num_heads,
+        "key_dim": layer.key_dim,
+        "value_dim": layer.value_dim,
+        "dropout": layer.dropout,
+        "use_bias": layer.use_bias,
+        "output_shape": layer._output_shape,
+        "kernel_initializer": keras.initializers.serialize(layer.kernel_initializer),
+        "bias_initializer": keras.initializers.serialize(layer.bias_initializer),
+        "kernel_regularizer": keras.regularizers.serialize(layer.kernel_regularizer),
+        "bias_regularizer": keras.regularizers.serialize(layer.bias_regularizer),
+        "activity_regularizer": keras.regularizers.serialize(layer.activity_regularizer),
+        "kernel_constraint": keras.constraints.serialize(layer.kernel_constraint),
+        "bias_constraint": keras.constraints.serialize(layer.bias_constraint),
+        "seed": layer.seed,
+    }
+
+
 def check_padding_mask(layer_name: str, arg: str, mask, batch_and_length):
     """Validates a [batch, length] padding mask and casts it to bool (None stays None)."""
     if mask is None:
@@ -465,22 +485,5 @@ class BaseAttention(keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(
-            {
-                "num_heads": self.num_heads,
-                "key_dim": self.key_dim,
-                "value_dim": self.value_dim,
-                "dropout": self.dropout,
-                "use_bias": self.use_bias,
-                "output_shape": self._output_shape,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "activity_regularizer": keras.regularizers.serialize(self.activity_regularizer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-                "seed": self.seed,
-            }
-        )
+        config.update(mha_config(self))
         return config

@@ -12,6 +12,7 @@ from lra_keras.layers.attention.base_attention import (
     capability_error,
     check_call_capabilities,
     check_padding_mask,
+    mha_config,
     refuse_mha_arguments,
 )
 from lra_keras.layers.attention.registry import register_attention
@@ -240,22 +241,5 @@ class FNetMixing(keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(
-            {
-                "num_heads": self.num_heads,
-                "key_dim": self.key_dim,
-                "value_dim": self.value_dim,
-                "dropout": self.dropout,
-                "use_bias": self.use_bias,
-                "output_shape": self._output_shape,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "activity_regularizer": keras.regularizers.serialize(self.activity_regularizer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-                "seed": self.seed,
-            }
-        )
+        config.update(mha_config(self))
         return config
