@@ -239,7 +239,7 @@ def _plot(results: list[dict], path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     names = sorted({r["attention"] for r in results})
-    for name in names:
+    for index, name in enumerate(names):
         rows = sorted(
             (r for r in results if r["attention"] == name and r.get("status") == "ok"),
             key=lambda r: r["length"],
@@ -247,11 +247,13 @@ def _plot(results: list[dict], path: str) -> None:
         if not rows:
             continue
         lengths = [r["length"] for r in rows]
-        style = "k-o" if name == "full" else "-o"
-        axes[0].plot(lengths, [r["steps_per_second"] for r in rows], style, label=name, ms=3)
+        # Twenty distinct colours, then dashed lines, so 20+ variants stay readable.
+        style = dict(color="k" if name == "full" else plt.cm.tab20(index % 20), marker="o")
+        style.update(linestyle="-" if index < 20 else "--", markersize=3, label=name)
+        axes[0].plot(lengths, [r["steps_per_second"] for r in rows], **style)
         mem = [(r["length"], r["peak_mib"]) for r in rows if r.get("peak_mib")]
         if mem:
-            axes[1].plot(*zip(*mem, strict=True), style, label=name, ms=3)
+            axes[1].plot(*zip(*mem, strict=True), **style)
     for ax, title in zip(axes, ["training steps/s", "peak memory (MiB)"], strict=True):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
