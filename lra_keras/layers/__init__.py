@@ -14,10 +14,12 @@ from lra_keras.layers.attention.linear_attention import LinearAttention
 from lra_keras.layers.attention.linformer_attention import LinformerAttention
 from lra_keras.layers.attention.local_attention import LocalAttention
 from lra_keras.layers.attention.longformer_attention import LongformerAttention
+from lra_keras.layers.attention.memory_compressed_attention import MemoryCompressedAttention
 from lra_keras.layers.attention.nystrom_attention import NystromAttention
 from lra_keras.layers.attention.performer_attention import PerformerAttention
 from lra_keras.layers.attention.reformer_attention import ReformerAttention
 from lra_keras.layers.attention.registry import ATTENTIONS, get_attention, register_attention
+from lra_keras.layers.attention.set_attention import SetAttention
 from lra_keras.layers.attention.sparse_attention import SparseAttention
 from lra_keras.layers.attention.synthesizer_attention import SynthesizerAttention
 from lra_keras.layers.encoder.lra_encoder import LRAEncoder
@@ -45,6 +47,7 @@ __all__ = [
     "LinformerAttention",
     "LocalAttention",
     "LongformerAttention",
+    "MemoryCompressedAttention",
     "NystromAttention",
     "PerformerAttention",
     "PositionEmbedding",
@@ -52,6 +55,7 @@ __all__ = [
     "RelativeMultiHeadAttention",
     "SegmentRecurrentEncoder",
     "SequencePooling",
+    "SetAttention",
     "SinusoidalPositionEmbedding",
     "SparseAttention",
     "SynthesizerAttention",

@@ -37,6 +37,9 @@ CASES = {
     },
     "nystrom": {"kwargs": {"num_landmarks": 4, "conv_kernel_size": 3}},
     "fnet": {"kwargs": {}},
+    "set": {"kwargs": {"num_inducing_points": 4}},
+    # L^2 / c pairs: quadratic at a fixed rate.
+    "memory_compressed": {"kwargs": {"compression_rate": 3}, "quadratic": True},
 }
 
 
