@@ -21,7 +21,7 @@ def numpy_slots(x, mask, kernel, bias, rate):
 
 
 def reference(layer, q, k, v, mask, causal):
-    """Dense softmax over [slots, own keys] with the documented pattern built independently."""
+    """Dense softmax over [slots, raw keys] with the documented pattern built independently."""
     c = layer.compression_rate
     weights = [
         np.asarray(w) for w in (layer.key_compression_kernel, layer.value_compression_kernel)
@@ -32,7 +32,10 @@ def reference(layer, q, k, v, mask, causal):
     t, n = q.shape[1], ks.shape[1]
     i, j = np.arange(t)[:, None], np.arange(n)[None, :]
     slot_ok = slot_real[:, None, None, :] & (((j + 1) * c - 1 <= i) if causal else True)
-    own_ok = mask[:, None, None, :] & (np.eye(t, dtype=bool) & (i < c - 1) & causal)
+    # Causally, query i also sees the raw keys p <= i of its own slot while it is incomplete.
+    p = np.arange(t)[None, :]
+    own_slot = (p // c == i // c) & (p <= i) & (i % c < c - 1)
+    own_ok = mask[:, None, None, :] & (own_slot & causal)
     allowed = np.concatenate([np.broadcast_to(slot_ok, (q.shape[0], 1, t, n)), own_ok], -1)
     keys = np.concatenate([ks, np.where(mask[:, :, None, None], k, 0.0)], 1)
     values = np.concatenate([vs, np.where(mask[:, :, None, None], v, 0.0)], 1)
@@ -90,3 +93,19 @@ def test_causal_cross_attention_and_bad_rate_raise():
         layer(x, x[:, :5], use_causal_mask=True)
     with pytest.raises(ValueError, match="compression_rate"):
         MemoryCompressedAttention(num_heads=2, key_dim=4, compression_rate=0)
+
+
+def test_causal_query_reads_its_whole_past_and_nothing_after():
+    # The causal rule covers positions 0..i exactly (complete slots + own partial slot), so
+    # changing the token at p moves every output at i >= p and none before it.
+    length, rate = 10, 3
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(1, length, DIM)).astype("float32")
+    layer = MemoryCompressedAttention(num_heads=2, key_dim=4, compression_rate=rate, seed=2)
+    y = keras.ops.convert_to_numpy(layer(x, x, use_causal_mask=True))
+    for p in range(length):
+        changed = x.copy()
+        changed[:, p] = rng.normal(size=DIM)
+        y2 = keras.ops.convert_to_numpy(layer(changed, changed, use_causal_mask=True))
+        np.testing.assert_allclose(y2[:, :p], y[:, :p], atol=1e-6)
+        assert np.all(np.abs(y2[0, p:] - y[0, p:]).max(-1) > 1e-4), p

@@ -48,3 +48,16 @@ def test_permuting_real_tokens_permutes_outputs():
 def test_bad_num_inducing_points_raises():
     with pytest.raises(ValueError, match="num_inducing_points"):
         SetAttention(num_heads=2, key_dim=4, num_inducing_points=0)
+
+
+def test_real_outputs_ignore_non_finite_padding():
+    # Padded keys are excluded from stage 1 by `where`, not only by a softmax bias, so even
+    # infinite padded contents (inf - 1e9 = inf) leave the real rows unchanged.
+    length = 13
+    x = np.random.default_rng(5).normal(size=(2, length, DIM)).astype("float32")
+    mask = padding_mask(length)
+    layer = SetAttention(num_heads=2, key_dim=4, num_inducing_points=4, seed=2)
+    y = keras.ops.convert_to_numpy(layer(x, x, query_mask=mask, value_mask=mask))
+    bad = np.where(mask[:, :, None], x, np.inf).astype("float32")
+    y_bad = keras.ops.convert_to_numpy(layer(x, bad, query_mask=mask, value_mask=mask))
+    np.testing.assert_allclose(y_bad[mask], y[mask], atol=1e-6)

@@ -39,10 +39,12 @@ class MemoryCompressedAttention(BaseAttention):
     positions count as padding.
 
     Causal rule (strict): slot j holds positions jc..(j+1)c-1, so query i sees slot j iff
-    (j+1)c - 1 <= i (as tensor2tensor). Queries i < c - 1, which have no complete slot yet, see
-    their own uncompressed key and value instead (one extra column), so no real query has an
-    empty row; from i = c - 1 on only slots are seen, so at c = 1 the causal form is exactly
-    causal full attention. The causal form is self-attention only (T = S).
+    (j+1)c - 1 <= i (as tensor2tensor). While query i's own slot is still incomplete
+    (i mod c < c - 1), it also sees the raw (uncompressed) keys and values of that slot up to
+    and including itself, in the same softmax. So every query sees its whole past exactly once,
+    compressed where a slot is complete and raw in its own partial slot (at most c - 1 extra
+    columns): no real query has an empty row, nothing after i is read, and at c = 1 the causal
+    form is exactly causal full attention. The causal form is self-attention only (T = S).
 
     Args:
         num_heads: int. Number of attention heads.
@@ -62,7 +64,7 @@ class MemoryCompressedAttention(BaseAttention):
     Masking: keys and values are zeroed at padded positions before the convolution, so slots
     never see padded contents; a slot is a real key if any of its positions is real (a slot
     made only of padding gets a -1e9 bias in the float32 softmax). Attention dropout applies to
-    the slot probabilities.
+    the slot (and own-slot raw key) probabilities.
 
     Example:
 
@@ -139,33 +141,49 @@ class MemoryCompressedAttention(BaseAttention):
         k_slots = self._compress(k, self.key_compression_kernel, self.key_compression_bias)
         v_slots = self._compress(v, self.value_compression_kernel, self.value_compression_bias)
         n = k_slots.shape[1]
-        slot_mask = ops.any(attention_utils.to_blocks(key_mask, c, axis=1, value=False), axis=-1)
+        block_mask = attention_utils.to_blocks(key_mask, c, axis=1, value=False)  # [B, n, c]
+        slot_mask = ops.any(block_mask, axis=-1)
+        own = causal and c > 1
+        if own:
+            # Queries padded to n * c rows, so that they split into the same blocks as the keys.
+            q = attention_utils.pad_axis_to_multiple(q, 1, c)
+        rows = q.shape[1]
         qf = attention_utils.to_float32(q) * (1.0 / math.sqrt(self.key_dim))
         logits = [ops.einsum("bthd,bnhd->bhtn", qf, attention_utils.to_float32(k_slots))]
         masks = [slot_mask[:, None, None, :]]
-        own = causal and c > 1
         if causal:
-            visible = (ops.arange(n)[None, :] + 1) * c - 1 <= ops.arange(t)[:, None]
+            visible = (ops.arange(n)[None, :] + 1) * c - 1 <= ops.arange(rows)[:, None]
             masks[0] = ops.logical_and(masks[0], visible)
         if own:
-            own_logits = ops.einsum("bthd,bthd->bht", qf, attention_utils.to_float32(k))
-            logits.append(own_logits[..., None])
-            early = ops.arange(t)[:, None] < c - 1  # [T, 1]: no complete slot yet
-            masks.append(ops.logical_and(key_mask[:, None, :, None], early))
+            q_blocks = ops.reshape(qf, (-1, n, c, self.num_heads, self.key_dim))
+            k_blocks = attention_utils.to_float32(attention_utils.to_blocks(k, c, axis=1))
+            own_logits = ops.einsum("bnihd,bnjhd->bhnij", q_blocks, k_blocks)
+            logits.append(ops.reshape(own_logits, (-1, self.num_heads, rows, c)))
+            # Position i in the block sees j <= i, and only while its slot is incomplete.
+            pos = ops.arange(c)
+            within = ops.logical_and(pos[None, :] <= pos[:, None], pos[:, None] < c - 1)
+            own_mask = ops.logical_and(block_mask[:, :, None, :], within)  # [B, n, c, c]
+            masks.append(ops.reshape(own_mask, (-1, 1, rows, c)))
         probs = attention_utils.masked_softmax_parts(logits, masks)
         out = ops.einsum("bhtn,bnhd->bthd", self._dropout_probs(probs[0], training), v_slots)
         if own:
-            own_probs = self._dropout_probs(probs[1], training)  # [B, H, T, 1]
-            out = out + attention_utils.heads_last(own_probs) * v
+            own_probs = ops.reshape(
+                self._dropout_probs(probs[1], training), (-1, self.num_heads, n, c, c)
+            )
+            v_blocks = attention_utils.to_blocks(v, c, axis=1)  # [B, n, c, H, dv]
+            own_out = ops.einsum("bhnij,bnjhd->bnihd", own_probs, v_blocks)
+            out = out + ops.reshape(own_out, (-1, rows, self.num_heads, self.value_dim))
+            out = out[:, :t]
         return out
 
     def attention_flops(self, batch, query_length, key_length, causal=False):
-        """The compression convolutions (2 S d^2 per head for K and V) and dense attention of
-        every query over the ceil(S / c) slots."""
-        del causal
-        slots = -(-key_length // self.compression_rate)
+        """The compression convolutions (2 S d^2 per head for K and V), dense attention of every
+        query over the ceil(S / c) slots and, causally, over the c raw keys of its own block."""
+        c = self.compression_rate
+        slots = -(-key_length // c)
         conv = 2 * batch * key_length * self.num_heads * (self.key_dim**2 + self.value_dim**2)
-        return int(conv + self._pair_flops(batch, query_length, slots))
+        own = self._pair_flops(batch, query_length, c) if causal and c > 1 else 0
+        return int(conv + self._pair_flops(batch, query_length, slots) + own)
 
     def get_config(self) -> dict:
         config = super().get_config()

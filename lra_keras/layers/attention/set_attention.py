@@ -119,7 +119,9 @@ class SetAttention(BaseAttention):
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
         del query, query_mask, causal
         scale = 1.0 / math.sqrt(self.key_dim)
-        # `where`, not a product, so non-finite padded values cannot leak (0 * inf = NaN).
+        # `where`, not a product or a bias alone, so non-finite padded keys and values cannot
+        # leak (0 * inf and inf - 1e9 are NaN-prone).
+        k = ops.where(key_mask[:, :, None, None], k, ops.zeros_like(k))
         v = ops.where(key_mask[:, :, None, None], v, ops.zeros_like(v))
         points = attention_utils.to_float32(self.inducing_points) * scale
         logits_1 = ops.einsum("mhd,bshd->bhms", points, attention_utils.to_float32(k))
