@@ -72,10 +72,11 @@ def heads_last(x):
 
 def zero_padded(x, mask):
     """Zeroes positions of `x` ([B, L, ...]) where the [B, L] boolean `mask` is False."""
-    mask = ops.cast(mask, x.dtype)
+    mask = ops.cast(mask, "bool")
     for _ in range(len(x.shape) - 2):
         mask = ops.expand_dims(mask, -1)
-    return x * mask
+    # `where`, not a product: inf or NaN stored at a padded position must still give 0.
+    return ops.where(mask, x, ops.zeros((), x.dtype))
 
 
 def static_length(x, axis: int, variant: str) -> int:

@@ -236,10 +236,20 @@ class BaseAttention(keras.layers.Layer):
     # ------------------------------------------------------------------ build
 
     def _sublayer_kwargs(self) -> dict:
-        # Fresh initializer objects per sublayer, as MultiHeadAttention does, so that a seeded
-        # initializer does not give the four kernels the same values.
+        """Arguments for one more projection sublayer or weight of this layer.
+
+        Each call clones the initializers with their seed (if any) offset by the number of
+        earlier calls: a clone with the same seed would give every kernel the same values
+        (keras.layers.MultiHeadAttention's clones keep the seed and do exactly that).
+        """
+        self._sublayer_draws = getattr(self, "_sublayer_draws", 0) + 1
+        offset = self._sublayer_draws
+
         def clone(initializer):
-            return initializer.__class__.from_config(initializer.get_config())
+            config = initializer.get_config()
+            if config.get("seed") is not None:
+                config["seed"] = int(config["seed"]) + offset
+            return initializer.__class__.from_config(config)
 
         return dict(
             kernel_initializer=clone(self.kernel_initializer),
@@ -379,9 +389,12 @@ class BaseAttention(keras.layers.Layer):
         if kv_mask is None:
             kv_mask = ops.ones_like(value[..., 0], dtype="bool")
 
+        # Padded inputs are zeroed before projecting, so whatever they hold (even inf or NaN)
+        # can reach no real output through any variant's arithmetic.
+        query = attention_utils.zero_padded(query, query_mask)
         q = self._query_dense(query)
-        k = self._key_dense(key)
-        v = self._value_dense(value)
+        k = self._key_dense(attention_utils.zero_padded(key, kv_mask))
+        v = self._value_dense(attention_utils.zero_padded(value, kv_mask))
         extra = {}
         if self.supports_attention_mask:
             extra["attention_mask"] = (

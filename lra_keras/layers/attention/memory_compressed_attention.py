@@ -96,8 +96,8 @@ class MemoryCompressedAttention(BaseAttention):
 
     def _build_variant(self, query_shape, value_shape):
         c, h = self.compression_rate, self.num_heads
-        sub = self._sublayer_kwargs()
         for part, dim in (("key", self.key_dim), ("value", self.value_dim)):
+            sub = self._sublayer_kwargs()
             kernel = self.add_weight(
                 name=f"{part}_compression_kernel",
                 shape=(c, h, dim, dim),
