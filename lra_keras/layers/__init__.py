@@ -19,7 +19,9 @@ from lra_keras.layers.attention.nystrom_attention import NystromAttention
 from lra_keras.layers.attention.performer_attention import PerformerAttention
 from lra_keras.layers.attention.reformer_attention import ReformerAttention
 from lra_keras.layers.attention.registry import ATTENTIONS, get_attention, register_attention
+from lra_keras.layers.attention.routing_attention import RoutingAttention
 from lra_keras.layers.attention.set_attention import SetAttention
+from lra_keras.layers.attention.sinkhorn_attention import SinkhornAttention
 from lra_keras.layers.attention.sparse_attention import SparseAttention
 from lra_keras.layers.attention.synthesizer_attention import SynthesizerAttention
 from lra_keras.layers.encoder.lra_encoder import LRAEncoder
@@ -52,10 +54,12 @@ __all__ = [
     "PerformerAttention",
     "PositionEmbedding",
     "ReformerAttention",
+    "RoutingAttention",
     "RelativeMultiHeadAttention",
     "SegmentRecurrentEncoder",
     "SequencePooling",
     "SetAttention",
+    "SinkhornAttention",
     "SinusoidalPositionEmbedding",
     "SparseAttention",
     "SynthesizerAttention",

@@ -2,7 +2,8 @@
 
 Each entry: `kwargs` (the variant's own hyperparameters for a tiny layer), `length` (the
 sequence length its contract tests use; prime or odd lengths check internal padding) and
-`quadratic` (True where the analytic FLOP count grows with the square of the length). A variant
+`quadratic` (True where the analytic FLOP count grows with the square of the length) or
+`flops_growth` (its growth per doubling of the length, where neither 2x nor 4x). A variant
 added to the registry without an entry here fails `test_every_variant_has_a_case`.
 """
 
@@ -40,6 +41,11 @@ CASES = {
     "set": {"kwargs": {"num_inducing_points": 4}},
     # L^2 / c pairs: quadratic at a fixed rate.
     "memory_compressed": {"kwargs": {"compression_rate": 3}, "quadratic": True},
+    # The sorted-block mixing P . K_blocks costs nb^2 * b * d = L^2 d / b: quadratic at a
+    # fixed block size (at b = 4 it dominates; at the default 64 and L = 4K, a third).
+    "sinkhorn": {"kwargs": {"block_size": 4}, "quadratic": True},
+    # C = round(sqrt(L)) clusters of w = L / C: L^1.5 (2.83x per doubling), neither 2x nor 4x.
+    "routing": {"kwargs": {}, "flops_growth": 2.83},
 }
 
 

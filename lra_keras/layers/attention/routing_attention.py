@@ -1,0 +1,301 @@
+"""Routing attention: online k-means clusters, attention within each cluster."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from lra_keras.layers.attention import attention_utils
+from lra_keras.layers.attention.base_attention import BaseAttention
+from lra_keras.layers.attention.registry import register_attention
+
+_EPS = 1e-6
+
+
+@register_attention("routing")
+@keras.saving.register_keras_serializable(package="lra_keras")
+class RoutingAttention(BaseAttention):
+    """Routing Transformer attention: queries and keys are routed to clusters by online
+    (spherical) k-means, and each query attends only to the keys routed to its cluster.
+
+    For each head, with `C` clusters and `w = ceil(L / C)` tokens per cluster (static):
+
+    1. Queries and keys are normalised to unit norm (`x_hat`); only the routing uses them.
+    2. Each centroid `mu_c` takes its top-w queries and, separately, its top-w keys by
+       `x_hat . mu_c` (QK not shared). Padded tokens score -1e9, so they are picked only when
+       fewer than w real tokens are left, and are then masked out.
+    3. The w queries of cluster c attend with a float32 softmax to the w keys of cluster c,
+       with the raw logits `q . k / sqrt(key_dim)` (as `full`, so one cluster is exactly full
+       attention). With `use_causal_mask=True` a key is allowed when its original position is
+       not after the query's.
+    4. Outputs are scatter-added back to positions and averaged over the clusters a query
+       landed in. A query routed to no cluster (or only to clusters where it has no allowed
+       key) gets zero for that head.
+
+    Centroids are a non-trainable `[heads, C, key_dim]` float32 weight `centroids` (C fixed at
+    build: `num_clusters`, or `max(1, round(sqrt(L)))` from the build length). In training
+    only, they move by an exponential moving average, without gradient:
+    `mu_c <- ema_decay * mu_c + (1 - ema_decay) * mean_c`, where `mean_c` averages the unit
+    queries and keys routed to cluster c over the real tokens of the whole (global) batch; a
+    cluster with no real token keeps its centroid. The batch sums and counts go through two
+    non-trainable scratch weights (`centroid_sums`, `centroid_counts`) with
+    `aggregation="sum"`, so under `tf.distribute` each replica assigns its local sums, reads
+    back the sums over all replicas, and every replica applies the same update: exactly the
+    single-device update on the concatenated batch. The commitment loss
+    `commitment_weight * mean ||x_hat - mu||^2` over the routed real queries and keys is added
+    with `add_loss` (training only; gradients reach the projections, not the centroids).
+
+    Time is O(L * C * d + C * w^2 * d) = O(L^1.5 d) at C = sqrt(L). Causally masked but not
+    strictly causal (`strictly_causal = False`): a later token can displace an earlier one from
+    a cluster's top-w. Self-attention only.
+
+    Args:
+        num_heads: int. Number of attention heads.
+        key_dim: int. Size of each head for query and key.
+        num_clusters: int or None. Clusters per head; None (default) means
+            `max(1, round(sqrt(L)))` for the length the layer is built at.
+        ema_decay: float in [0, 1). Centroid moving-average decay (default 0.999).
+        commitment_weight: float >= 0. Weight of the commitment loss (default 1e-4).
+        **kwargs: the remaining `BaseAttention` (MultiHeadAttention) arguments.
+
+    Call arguments:
+        query, value, key, query_mask, value_mask, key_mask, training, use_causal_mask: as
+        `BaseAttention`. `training=True` updates the centroids and adds the commitment loss.
+
+    Returns:
+        `[batch, L, output_dim]`, zero at padded query positions.
+
+    Masking: padded tokens take part neither in the top-w selection (unless too few real
+    tokens remain, and then they are masked) nor in the centroid update nor in the commitment
+    loss; padded keys get a -1e9 bias in each cluster's softmax; padded query rows are zero.
+    Attention dropout applies to the cluster probabilities.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from lra_keras.layers import RoutingAttention
+    >>> layer = RoutingAttention(num_heads=2, key_dim=8, num_clusters=3)
+    >>> x = np.random.rand(2, 10, 16).astype("float32")
+    >>> tuple(layer(x, x, use_causal_mask=True).shape)
+    (2, 10, 16)
+
+    Reference:
+        Roy et al., "Efficient Content-Based Sparse Attention with Routing Transformers",
+        TACL 2021.
+    """
+
+    supports_causal = True
+    strictly_causal = False
+    supports_cross_attention = False
+    needs_static_length = False
+
+    def __init__(
+        self,
+        num_heads: int,
+        key_dim: int,
+        num_clusters: int | None = None,
+        ema_decay: float = 0.999,
+        commitment_weight: float = 1e-4,
+        **kwargs,
+    ):
+        super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
+        if num_clusters is not None and int(num_clusters) < 1:
+            raise ValueError(
+                "RoutingAttention: `num_clusters` must be None or an integer >= 1, got "
+                f"{num_clusters!r}."
+            )
+        if not 0.0 <= float(ema_decay) < 1.0:
+            raise ValueError(f"RoutingAttention: `ema_decay` must be in [0, 1), got {ema_decay!r}.")
+        if float(commitment_weight) < 0.0:
+            raise ValueError(
+                f"RoutingAttention: `commitment_weight` must be >= 0, got {commitment_weight!r}."
+            )
+        self.num_clusters = None if num_clusters is None else int(num_clusters)
+        self.ema_decay = float(ema_decay)
+        self.commitment_weight = float(commitment_weight)
+
+    @staticmethod
+    def default_num_clusters(length: int) -> int:
+        """`max(1, round(sqrt(L)))`, the paper's cluster count."""
+        return max(1, int(round(math.sqrt(length))))
+
+    def _build_variant(self, query_shape, value_shape):
+        clusters = self.num_clusters
+        if clusters is None:
+            length = query_shape[1]
+            if length is None:
+                raise ValueError(
+                    "RoutingAttention with num_clusters=None needs a static sequence length at "
+                    f"build (C = round(sqrt(L))); got query shape {tuple(query_shape)}. Give "
+                    "the input a fixed length, or set `num_clusters`."
+                )
+            clusters = self.default_num_clusters(int(length))
+        shape = (self.num_heads, clusters, self.key_dim)
+        # Without a seed, numpy's global state (seeded by keras.utils.set_random_seed).
+        seed = self.seed if self.seed is not None else np.random.randint(2**31)  # noqa: NPY002
+        draw = np.random.default_rng(seed).standard_normal(shape)
+        draw = (draw / np.linalg.norm(draw, axis=-1, keepdims=True)).astype("float32")
+        # Initialised from the draw (not assigned afterwards), never autocast: see reformer.
+        self.centroids = self.add_weight(
+            name="centroids",
+            shape=shape,
+            dtype="float32",
+            initializer=lambda shape, dtype=None: ops.convert_to_tensor(draw, "float32"),
+            trainable=False,
+            autocast=False,
+            aggregation="mean",
+        )
+        self.centroid_sums = self.add_weight(
+            name="centroid_sums",
+            shape=shape,
+            dtype="float32",
+            initializer="zeros",
+            trainable=False,
+            autocast=False,
+            aggregation="sum",
+        )
+        self.centroid_counts = self.add_weight(
+            name="centroid_counts",
+            shape=shape[:2],
+            dtype="float32",
+            initializer="zeros",
+            trainable=False,
+            autocast=False,
+            aggregation="sum",
+        )
+
+    # ----------------------------------------------------------------- pieces
+
+    @staticmethod
+    def _unit(x):
+        x = attention_utils.to_float32(x)
+        return x / ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + _EPS**2)
+
+    def _route(self, x_hat, mask, w: int):
+        """Top-w positions per centroid: `[B, H, C, w]` int, from unit `x_hat` `[B, H, L, d]`."""
+        mu = ops.stop_gradient(ops.cast(self.centroids, "float32"))
+        scores = ops.einsum("bhld,hcd->bhcl", ops.stop_gradient(x_hat), mu)
+        scores = ops.where(mask[:, None, None, :], scores, attention_utils.NEG_INF)
+        _, index = ops.top_k(scores, w)
+        return index
+
+    @staticmethod
+    def _gather(x, index):
+        """x `[B, H, L, ...]`, index `[B, H, C, w]` -> `[B, H, C, w, ...]`."""
+        flat = ops.reshape(index, (-1, index.shape[1], index.shape[2] * index.shape[3]))
+        extra = len(x.shape) - 3
+        idx = flat
+        for _ in range(extra):
+            idx = ops.expand_dims(idx, -1)
+        out = ops.take_along_axis(x, idx, axis=2)
+        return ops.reshape(out, (-1,) + tuple(index.shape[1:]) + tuple(x.shape[3:]))
+
+    def _update_centroids(self, members: list):
+        """EMA update from (unit vectors `[B, H, C, w, d]`, real `[B, H, C, w]`) pairs."""
+        sums = 0.0
+        counts = 0.0
+        for x_hat, real in members:
+            real = ops.cast(real, "float32")
+            sums = sums + ops.einsum("bhcwd,bhcw->hcd", ops.stop_gradient(x_hat), real)
+            counts = counts + ops.sum(real, axis=(0, 3))
+        # Under tf.distribute these assigns all-reduce (aggregation="sum"): the values read
+        # back are the global batch's, so every replica computes the same update.
+        self.centroid_sums.assign(sums)
+        self.centroid_counts.assign(counts)
+        sums = ops.convert_to_tensor(self.centroid_sums)
+        counts = ops.convert_to_tensor(self.centroid_counts)
+        mean = sums / ops.maximum(counts, 1.0)[..., None]
+        mu = ops.convert_to_tensor(self.centroids)
+        moved = self.ema_decay * mu + (1.0 - self.ema_decay) * mean
+        self.centroids.assign(ops.where((counts > 0)[..., None], moved, mu))
+
+    def _commitment_loss(self, members: list):
+        mu = ops.stop_gradient(ops.cast(self.centroids, "float32"))[None, :, :, None, :]
+        total = 0.0
+        count = 0.0
+        for x_hat, real in members:
+            real = ops.cast(real, "float32")
+            total = total + ops.sum(ops.sum(ops.square(x_hat - mu), axis=-1) * real)
+            count = count + ops.sum(real)
+        return self.commitment_weight * total / ops.maximum(count, 1.0)
+
+    def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
+        del query
+        length = attention_utils.static_length(q, 1, "RoutingAttention")
+        clusters = int(self.centroids.shape[1])
+        w = min(-(-length // clusters), length)
+        qh, kh, vh = (attention_utils.heads_first(x) for x in (q, k, v))
+        q_hat, k_hat = self._unit(qh), self._unit(kh)
+        q_index = self._route(q_hat, query_mask, w)  # [B, H, C, w]
+        k_index = self._route(k_hat, key_mask, w)
+
+        heads = self.num_heads
+
+        def per_head(mask):
+            return ops.repeat(mask[:, None, :], heads, axis=1)
+
+        qg, kg, vg = self._gather(qh, q_index), self._gather(kh, k_index), self._gather(vh, k_index)
+        q_real = self._gather(per_head(query_mask), q_index)  # [B, H, C, w]
+        k_real = self._gather(per_head(key_mask), k_index)
+        scale = ops.cast(1.0 / math.sqrt(self.key_dim), qg.dtype)
+        logits = ops.einsum("bhcqd,bhckd->bhcqk", qg * scale, kg)
+        allowed = k_real[:, :, :, None, :]
+        if causal:
+            allowed = ops.logical_and(
+                allowed, k_index[:, :, :, None, :] <= q_index[:, :, :, :, None]
+            )
+        has_key = ops.any(ops.broadcast_to(allowed, ops.shape(logits)), axis=-1)  # [B,H,C,w]
+        probs = attention_utils.masked_softmax(logits, allowed)
+        probs = self._dropout_probs(probs, training)
+        out = ops.einsum("bhcqk,bhckd->bhcqd", probs, vg)
+        landed = ops.cast(has_key, "float32")
+        out = attention_utils.to_float32(out) * landed[..., None]
+
+        # Scatter-add cluster outputs (and how many clusters each query landed in) back to
+        # positions; duplicate indices add up.
+        ones = ops.ones_like(q_index)
+        b_ids = ops.cumsum(ones, axis=0) - 1
+        h_ids = ops.cumsum(ones, axis=1) - 1
+        indices = ops.stack([b_ids, h_ids, q_index], axis=-1)
+        indices = ops.reshape(indices, (-1, 3))
+        dv = int(vh.shape[-1])
+        batch = ops.shape(qh)[0]
+        summed = ops.scatter(indices, ops.reshape(out, (-1, dv)), (batch, heads, length, dv))
+        landings = ops.scatter(indices, ops.reshape(landed, (-1,)), (batch, heads, length))
+        result = summed / ops.maximum(landings, 1.0)[..., None]
+
+        if training:
+            members = [
+                (self._gather(q_hat, q_index), q_real),
+                (self._gather(k_hat, k_index), k_real),
+            ]
+            if self.commitment_weight > 0.0:
+                self.add_loss(self._commitment_loss(members))
+            self._update_centroids(members)
+        return attention_utils.heads_last(ops.cast(result, q.dtype))
+
+    def attention_flops(self, batch, query_length, key_length, causal=False):
+        """Routing scores (L * C * d for queries and keys) and C clusters of w x w pairs.
+
+        With `num_clusters=None`, C = round(sqrt(L)) for a layer built at this length, so the
+        count grows as L^1.5 (2.83x per doubling).
+        """
+        length = int(query_length)
+        clusters = self.num_clusters or self.default_num_clusters(length)
+        w = min(-(-length // clusters), length)
+        routing = 2 * batch * self.num_heads * 2 * length * clusters * self.key_dim
+        return int(routing + self._pair_flops(batch, clusters * w, w))
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "num_clusters": self.num_clusters,
+                "ema_decay": self.ema_decay,
+                "commitment_weight": self.commitment_weight,
+            }
+        )
+        return config
