@@ -12,6 +12,8 @@ matmul rate, measured in the same run.
         [--attentions all] [--jit_compile] [--profile] [--steps 3]
 
 Writes `results/efficiency.json`, `results/efficiency.md` and `results/efficiency.png`.
+`--profile` (alias `--trace_memory`) also records a profiler trace of each run's timed steps
+under `results/traces/` and reports the peak its memory profile shows beside the allocator's.
 """
 
 from __future__ import annotations
@@ -83,25 +85,36 @@ def text_overrides(attention: str, length: int) -> dict:
     return overrides
 
 
+def build_text_model(attention: str, length: int, preset: str = "lra"):
+    """The zoo's text model with `attention`, or on keras.layers.MultiHeadAttention (BASELINE)."""
+    import keras
+
+    import lra_keras.layers.encoder.transformer_encoder_block as block_module
+    from lra_keras.zoo import build_model
+
+    if attention != BASELINE:
+        return build_model("text", attention, preset, **text_overrides(attention, length))
+
+    def make_mha(name, /, **kwargs):
+        kwargs.pop("seed", None)
+        return keras.layers.MultiHeadAttention(**kwargs)
+
+    # Blocks make their attention in __init__, so the swap only has to last for the build.
+    original = block_module.get_attention
+    block_module.get_attention = make_mha
+    try:
+        return build_model("text", "full", preset, **text_overrides("full", length))
+    finally:
+        block_module.get_attention = original
+
+
 def _worker_step(args: argparse.Namespace) -> dict:
     import keras
     import numpy as np
     import tensorflow as tf
 
-    import lra_keras.layers.encoder.transformer_encoder_block as block_module
-    from lra_keras.zoo import build_model
-
     keras.utils.set_random_seed(0)
-    attention = args.attention
-    if attention == BASELINE:
-        # The same model with keras.layers.MultiHeadAttention in every block.
-        def make_mha(name, /, **kwargs):
-            kwargs.pop("seed", None)
-            return keras.layers.MultiHeadAttention(**kwargs)
-
-        block_module.get_attention = make_mha
-        attention = "full"
-    model = build_model("text", attention, "lra", **text_overrides(attention, args.length))
+    model = build_text_model(args.attention, args.length)
     optimizer = keras.optimizers.AdamW(1e-4, beta_2=0.98, epsilon=1e-9)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     rng = np.random.default_rng(0)
@@ -129,9 +142,16 @@ def _worker_step(args: argparse.Namespace) -> dict:
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     flops = model_flops(model, args.batch_size, args.length)
-    trace_peak = None
+    traced = {}
     if args.trace_dir:
-        trace_peak = profiling.trace_peak_memory(args.trace_dir)["peak_bytes"]
+        # A reader failure costs the trace column, not the timing just measured.
+        try:
+            found = profiling.trace_peak_memory(args.trace_dir)
+            traced = {"trace_peak_mib": found["peak_mib"], "trace_file": found["file"]}
+            if "note" in found:
+                traced["trace_note"] = found["note"]
+        except (OSError, ValueError, ImportError) as error:
+            traced = {"trace_peak_mib": None, "trace_note": f"{type(error).__name__}: {error}"}
     return {
         "attention": args.attention,
         "length": args.length,
@@ -140,9 +160,9 @@ def _worker_step(args: argparse.Namespace) -> dict:
         "steps_per_second": 1.0 / seconds,
         "peak_mib": memory["peak_mib"],
         "memory_source": memory["source"],
-        "trace_peak_mib": None if trace_peak is None else trace_peak / 2**20,
         "step_gflop": flops / 1e9,
         "gflops_per_second": flops / seconds / 1e9,
+        **traced,
     }
 
 
@@ -161,11 +181,19 @@ def _run_worker(kind: str, args: argparse.Namespace, **extra) -> dict:
     return result if result["status"] == "ok" else {**extra, **result}
 
 
+def _label(length: int) -> str:
+    return f"{length // 1024}K" if length % 1024 == 0 else str(length)
+
+
 def _table(results: list[dict], lengths: list[int], args, matmul: dict) -> str:
     by = {(r["attention"], r["length"]): r for r in results}
     names = sorted({r["attention"] for r in results}, key=lambda n: (n != "full", n))
-    head = "| attention | " + " | ".join(f"steps/s {n // 1024}K" for n in lengths)
-    head += " | " + " | ".join(f"peak MiB {n // 1024}K" for n in lengths) + " |"
+    head = "| attention | " + " | ".join(f"steps/s {_label(n)}" for n in lengths)
+    head += " | " + " | ".join(f"peak MiB {_label(n)}" for n in lengths)
+    traced = any("trace_peak_mib" in r for r in results)
+    if traced:
+        head += " | " + " | ".join(f"trace peak MiB {_label(n)}" for n in lengths)
+    head += " |"
     out = [
         "# Efficiency (LRA Table 2 on this machine)",
         "",
@@ -178,7 +206,7 @@ def _table(results: list[dict], lengths: list[int], args, matmul: dict) -> str:
         f"{matmul.get('size')}^2).",
         "",
         head,
-        "|" + "---|" * (1 + 2 * len(lengths)),
+        "|" + "---|" * (1 + (3 if traced else 2) * len(lengths)),
     ]
     for name in names:
         cells = []
@@ -200,18 +228,30 @@ def _table(results: list[dict], lengths: list[int], args, matmul: dict) -> str:
             if base.get("status") == "ok" and base.get("peak_mib"):
                 ratio = f" ({r['peak_mib'] / base['peak_mib']:.2f}x)"
             cells.append(f"{r['peak_mib']:.0f}{ratio}")
+        for n in lengths if traced else []:
+            r = by.get((name, n), {})
+            if r.get("status") != "ok":
+                cells.append(r.get("status", "-"))
+            elif r.get("trace_peak_mib") is None:
+                cells.append("no memory profile" if "trace_note" in r else "-")
+            else:
+                cells.append(f"{r['trace_peak_mib']:.0f}")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     out += [
         "",
-        "With `--profile`, each run also records a profiler trace (TensorBoard's Profile tab) "
-        "and `trace_peak_mib` in the JSON: the peak the trace's memory profile shows.",
+        "Peak MiB is `lra_keras.profiling.peak_memory` over the timed steps: the TensorFlow "
+        "allocator's peak, or the process's peak RSS where the allocator keeps no statistics "
+        "(`memory_source` in the JSON). With `--profile` (alias `--trace_memory`), each "
+        "run also records a profiler trace of the timed steps (TensorBoard's Profile tab, under "
+        "`traces/`) and the table adds the peak its memory profile shows "
+        "(`lra_keras.profiling.trace_peak_memory`; `trace_peak_mib` in the JSON).",
         "",
         "## FLOPs and achieved rate",
         "",
         "| attention | "
-        + " | ".join(f"GFLOP/step {n // 1024}K" for n in lengths)
+        + " | ".join(f"GFLOP/step {_label(n)}" for n in lengths)
         + " | "
-        + " | ".join(f"GFLOP/s {n // 1024}K (% of matmul)" for n in lengths)
+        + " | ".join(f"GFLOP/s {_label(n)} (% of matmul)" for n in lengths)
         + " |",
         "|" + "---|" * (1 + 2 * len(lengths)),
     ]
@@ -271,7 +311,12 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--attentions", default="all")
     parser.add_argument("--jit_compile", action="store_true")
-    parser.add_argument("--profile", action="store_true", help="profiler traces per variant")
+    parser.add_argument(
+        "--profile",
+        "--trace_memory",
+        action="store_true",
+        help="record a profiler trace per run and report the peak its memory profile shows",
+    )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=900)

@@ -1,10 +1,18 @@
-"""Peak memory read back from a profiler trace (the TensorBoard memory-profile tool's data)."""
+"""Peak memory read back from a profiler trace (the TensorBoard memory-profile tool's data).
+
+The trace holds allocator events only where TensorFlow's allocator emits them: on GPUs, and
+on the CPU with TensorFlow 2.21's default oneDNN allocator (`mklcpu`). With
+`TF_ENABLE_ONEDNN_OPTS=0` the plain CPU allocator records no memory events, and
+`trace_peak_memory` says so (`peak_bytes` None and a `note`) rather than inventing a number.
+"""
 
 from __future__ import annotations
 
 import glob
 import json
 import os
+
+NO_MEMORY_PROFILE = "no memory profile in this trace (no allocator events were recorded)"
 
 
 def find_xplane(logdir: str) -> str:
@@ -19,6 +27,21 @@ def find_xplane(logdir: str) -> str:
     return paths[-1]
 
 
+def _check_xspace(path: str) -> None:
+    # The converter reads a corrupt file as an empty profile; parse it first so that a broken
+    # file is an error, not "no memory profile".
+    from google.protobuf.message import DecodeError
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    with open(path, "rb") as f:
+        try:
+            xplane_pb2.XSpace.FromString(f.read())
+        except DecodeError as error:
+            raise ValueError(
+                f"trace_peak_memory: {path} is not a profiler trace (XSpace protobuf)"
+            ) from error
+
+
 def trace_peak_memory(logdir_or_file: str) -> dict:
     """Peak bytes per memory allocator from a trace's memory profile.
 
@@ -26,16 +49,37 @@ def trace_peak_memory(logdir_or_file: str) -> dict:
     TensorBoard's Profile tab shows), on the newest trace under a log directory or on one
     `.xplane.pb` file.
 
+    Args:
+        logdir_or_file: a TensorBoard log directory given to `lra_keras.profiling.trace`, or
+            one `<host>.xplane.pb` file.
+
     Returns:
-        `{"file", "allocators": {name: {"peak_bytes_in_use", "peak_bytes_lifetime",
-        "capacity_bytes"}}, "peak_bytes"}`, where `peak_bytes` is the largest in-use peak over
-        the allocators, or None (with a `note`) when the trace holds no memory profile.
+        `{"file", "run", "host", "allocators": {name: {"peak_bytes_in_use",
+        "peak_bytes_lifetime", "capacity_bytes"}}, "peak_bytes", "peak_mib"}`: `run` and `host`
+        name the trace that was read (`plugins/profile/<run>/<host>.xplane.pb`), and
+        `peak_bytes` is the largest in-use peak over the allocators, or None (with a `note`)
+        when the trace holds no memory profile.
+
+    Raises:
+        FileNotFoundError: no `.xplane.pb` under `logdir_or_file`.
+        ValueError: the file is not a profiler trace.
+
+    Example:
+
+    >>> import tempfile, tensorflow as tf
+    >>> from lra_keras.profiling import trace, trace_peak_memory
+    >>> logdir = tempfile.mkdtemp()
+    >>> with trace(logdir):
+    ...     _ = tf.reduce_sum(tf.ones([1024, 1024])).numpy()
+    >>> sorted(trace_peak_memory(logdir))[:3]
+    ['allocators', 'file', 'host']
     """
     from xprof.convert import raw_to_tool_data
 
     path = os.fspath(logdir_or_file)
     if not path.endswith(".xplane.pb"):
         path = find_xplane(path)
+    _check_xspace(path)
     data, _ = raw_to_tool_data.xspace_to_tool_data([path], "memory_profile", {})
     profile = json.loads(data) if data else {}
     allocators = {}
@@ -49,11 +93,15 @@ def trace_peak_memory(logdir_or_file: str) -> dict:
             "peak_bytes_lifetime": int(summary.get("peakBytesUsageLifetime", peak)),
             "capacity_bytes": int(summary.get("memoryCapacity", 0)),
         }
+    peak_bytes = max((a["peak_bytes_in_use"] for a in allocators.values()), default=None)
     result = {
         "file": path,
+        "run": os.path.basename(os.path.dirname(path)),
+        "host": os.path.basename(path)[: -len(".xplane.pb")],
         "allocators": allocators,
-        "peak_bytes": max((a["peak_bytes_in_use"] for a in allocators.values()), default=None),
+        "peak_bytes": peak_bytes,
+        "peak_mib": None if peak_bytes is None else peak_bytes / 2**20,
     }
     if not allocators:
-        result["note"] = "no memory profile in this trace (no allocator events were recorded)"
+        result["note"] = NO_MEMORY_PROFILE
     return result

@@ -50,6 +50,28 @@ def test_table_keeps_out_of_memory_and_failed_rows():
     assert "(50%)" in text  # 100 GFLOP/s against a 200 GFLOP/s matmul
 
 
+def test_table_adds_the_trace_peak_beside_the_allocator_peak():
+    results = [
+        {**row("full", 64, 2.0, 100.0), "trace_peak_mib": 98.0},
+        {**row("local", 64, 4.0, 50.0), "trace_peak_mib": None, "trace_note": "no memory"},
+        {"attention": "sparse", "length": 64, "status": "out of memory"},
+    ]
+    text = efficiency._table(results, [64], fake_args(profile=True), {"matmul_gflops": 1.0})
+    first_table = [line for line in text.split("## FLOPs")[0].splitlines() if "|" in line]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in first_table}
+    header = [c.strip() for c in rows["attention"]]
+    assert header == ["steps/s 64", "peak MiB 64", "trace peak MiB 64"]
+    assert [c.strip() for c in rows["full"]] == ["2.00 (1.00x)", "100 (1.00x)", "98"]
+    assert rows["local"][2].strip() == "no memory profile"
+    assert [c.strip() for c in rows["sparse"]] == ["out of memory"] * 3
+    # Without traces there is no trace column.
+    plain = efficiency._table(
+        [row("full", 1024, 2.0, 100.0)], [1024], fake_args(), {"matmul_gflops": 1.0}
+    )
+    assert "trace peak MiB" not in plain
+    assert "steps/s 1K" in plain
+
+
 def test_worker_killed_by_the_kernel_is_reported_as_out_of_memory(monkeypatch):
     def killed(*args, **kwargs):
         return subprocess.CompletedProcess(args, -9, stdout="", stderr="Killed\n")
@@ -85,6 +107,76 @@ def test_model_flops_scale_with_length():
     assert local_large / local_small == pytest.approx(2.0, rel=0.05)
 
 
+def test_full_attention_quadruples_and_projections_double():
+    from lra_keras.layers import LRAEncoder
+    from lra_keras.zoo import build_model
+
+    model = build_model("text", "full", "tiny", max_length=64)
+    encoder = next(layer for layer in model.layers if isinstance(layer, LRAEncoder))
+    attention = encoder.blocks[0].attention_layer
+    assert attention.attention_flops(1, 128, 128) == 4 * attention.attention_flops(1, 64, 64)
+    assert attention.projection_flops(1, 128, 128) == 2 * attention.projection_flops(1, 64, 64)
+    # Dense attention: 2 FLOPs per multiply-add of QK^T and of PV, per head.
+    heads, key_dim = attention.num_heads, attention.key_dim
+    assert attention.attention_flops(2, 64, 64) == 2 * 2 * 64 * 64 * heads * 2 * key_dim
+
+
+def test_keras_mha_baseline_counts_the_same_flops_as_full():
+    import keras
+
+    import lra_keras.layers.encoder.transformer_encoder_block as block_module
+
+    original = block_module.get_attention
+    baseline = efficiency.build_text_model(efficiency.BASELINE, 64, "tiny")
+    assert block_module.get_attention is original  # the swap does not leak
+    mha = [layer for layer in baseline._flatten_layers() if type(layer).__name__ != "Functional"]
+    assert any(type(layer) is keras.layers.MultiHeadAttention for layer in mha)
+    full = efficiency.build_text_model("full", 64, "tiny")
+    assert efficiency.model_flops(baseline, 2, 64) == efficiency.model_flops(full, 2, 64)
+
+
+def test_accuracy_table_keeps_failures(monkeypatch):
+    results = [
+        {
+            "task": "listops",
+            "attention": "full",
+            "status": "ok",
+            "test_accuracy": 0.25,
+            "wall_seconds": 12.0,
+        },
+        {"task": "listops", "attention": "linear", "status": "failed", "error": "ValueError: x"},
+        {"task": "listops", "attention": "local", "status": "out of memory", "error": "Killed"},
+    ]
+    args = argparse.Namespace(
+        tasks="listops", steps=None, seed=0, listops_examples=100, pathfinder_images=10
+    )
+    text = accuracy.table(results, {"listops": 0.2}, args)
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if "|" in line}
+    assert "0.200" in rows["majority class"]
+    assert "0.250" in rows["full"] and "12" in rows["full"]
+    assert "failed" in rows["linear"] and "out of memory" in rows["local"]
+    assert "- listops / linear: failed: ValueError: x" in text
+    assert "400 training steps on listops" in text
+
+
+def test_accuracy_run_killed_by_the_kernel_is_out_of_memory(monkeypatch, tmp_path):
+    def killed(*args, **kwargs):
+        return subprocess.CompletedProcess(args, -9, stdout="", stderr="Killed\n")
+
+    monkeypatch.setattr(subprocess, "run", killed)
+    args = argparse.Namespace(steps=3, seed=0, timeout=5, out_dir=str(tmp_path))
+    result = accuracy.train_one("listops", "full", str(tmp_path), args)
+    assert result["status"] == "out of memory" and result["steps"] == 3
+
+
+def test_accuracy_runs_grid_variants_on_a_listops_grid():
+    overrides = accuracy.task_overrides("listops", "axial")
+    height, width = overrides["attention_kwargs"]["axis_shape"]
+    assert (height, width) == (8, 16) and overrides["pooling"] == "mean"
+    assert accuracy.task_overrides("listops", "transformer_xl") == {"max_length": 128}
+    assert accuracy.task_overrides("pathfinder", "axial") == {}
+
+
 def test_grid_variants_get_a_grid_of_the_length():
     overrides = efficiency.text_overrides("axial", 3072)
     height, width = overrides["attention_kwargs"]["axis_shape"]
@@ -106,6 +198,7 @@ def test_efficiency_end_to_end(tmp_path):
             "1",
             "--out_dir",
             str(tmp_path),
+            "--trace_memory",
         ]
     )
     assert {r["attention"] for r in report["results"]} == {"full", "local"}
@@ -114,6 +207,19 @@ def test_efficiency_end_to_end(tmp_path):
         assert os.path.getsize(tmp_path / name) > 0
     saved = json.loads((tmp_path / "efficiency.json").read_text())
     assert saved["matmul"]["matmul_gflops"] > 0
+    assert [(r["attention"], r["length"]) for r in saved["results"]] == [
+        ("full", 64),
+        ("local", 64),
+    ]
+    table = (tmp_path / "efficiency.md").read_text()
+    assert "| full | " in table and "| local | " in table and "trace peak MiB 64" in table
+    for r in saved["results"]:
+        assert r["steps_per_second"] > 0 and r["step_gflop"] > 0
+        assert os.path.exists(r["trace_file"])
+        if r["memory_source"] == "tf.config.experimental.get_memory_info":
+            # The trace's memory profile and the allocator statistics watch the same
+            # allocator over the same steps.
+            assert r["trace_peak_mib"] == pytest.approx(r["peak_mib"], rel=0.05)
 
 
 @pytest.mark.slow
@@ -121,18 +227,33 @@ def test_accuracy_end_to_end(tmp_path):
     report = accuracy.main(
         [
             "--tasks",
-            "listops",
+            "listops,pathfinder",
             "--attentions",
             "full,linear",
             "--steps",
             "5",
             "--listops_examples",
             "100",
+            "--pathfinder_images",
+            "40",
             "--out_dir",
             str(tmp_path),
         ]
     )
-    assert [r["status"] for r in report["results"]] == ["ok", "ok"]
-    assert 0 < report["majority_baseline"]["listops"] <= 1
+    runs = [(r["task"], r["attention"], r["status"]) for r in report["results"]]
+    assert runs == [
+        ("listops", "full", "ok"),
+        ("listops", "linear", "ok"),
+        ("pathfinder", "full", "ok"),
+        ("pathfinder", "linear", "ok"),
+    ]
+    for r in report["results"]:
+        assert r["steps"] == 5 and 1 <= r["best_step"] <= 5
+        assert 0 <= r["test_accuracy"] <= 1 and r["wall_seconds"] > 0
+    for task in ("listops", "pathfinder"):
+        assert 0 < report["majority_baseline"][task] <= 1
+        assert os.path.exists(tmp_path / "accuracy_data" / task / ".complete")
     for name in ("accuracy.json", "accuracy.md", "accuracy.png"):
         assert os.path.getsize(tmp_path / name) > 0
+    table = (tmp_path / "accuracy.md").read_text()
+    assert "| linear | " in table and "pathfinder accuracy" in table
