@@ -91,6 +91,33 @@ def test_num_buckets_is_even_and_follows_the_length():
     assert [layer.num_buckets(n) for n in (1, 4, 5, 13, 16)] == [2, 2, 4, 8, 8]
 
 
+@pytest.mark.parametrize(
+    "x_shape,index_shape,axis",
+    [
+        ((2, 3, 9, 5), (2, 3, 4, 1), 2),  # Fewer rows than the axis (routing's top-w).
+        ((2, 3, 9, 5, 2), (2, 1, 9), 2),  # Broadcast leading axis, two trailing axes.
+        ((2, 3, 9), (2, 3, 12), 2),  # No trailing axis, repeated rows.
+        ((4, 7, 3), (4, 7), -2),
+    ],
+)
+def test_gather_rows_equals_numpy_take_along_axis(x_shape, index_shape, axis):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=x_shape).astype("float32")
+    length = x_shape[axis]
+    index = rng.integers(0, length, size=index_shape)
+    ax = axis % len(x_shape)
+    expanded = index.reshape(index_shape[: ax + 1] + (1,) * (len(x_shape) - ax - 1))
+    lead = np.broadcast_shapes(x_shape[:ax], index_shape[:ax])
+    expanded = np.broadcast_to(expanded, lead + expanded.shape[ax:])
+    expected = np.take_along_axis(x, expanded, axis=ax)
+    got = attention_utils.gather_rows(tf.constant(x), tf.constant(index, "int32"), axis)
+    np.testing.assert_array_equal(got.numpy(), expected)
+    # A dynamic leading (batch) size, traced.
+    spec = tf.TensorSpec((None,) + x_shape[1:], "float32")
+    traced = tf.function(lambda a: attention_utils.gather_rows(a, index, axis), [spec])
+    np.testing.assert_array_equal(traced(tf.constant(x)).numpy(), expected)
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_gather_permutation_gradient_equals_plain_gather(jit):
     rng = np.random.default_rng(0)

@@ -186,11 +186,7 @@ class RoutingAttention(BaseAttention):
     def _gather(x, index):
         """x `[B, H, L, ...]`, index `[B, H, C, w]` -> `[B, H, C, w, ...]`."""
         flat = ops.reshape(index, (-1, index.shape[1], index.shape[2] * index.shape[3]))
-        extra = len(x.shape) - 3
-        idx = flat
-        for _ in range(extra):
-            idx = ops.expand_dims(idx, -1)
-        out = ops.take_along_axis(x, idx, axis=2)
+        out = attention_utils.gather_rows(x, flat, axis=2)
         return ops.reshape(out, (-1,) + tuple(index.shape[1:]) + tuple(x.shape[3:]))
 
     def _update_centroids(self, members: list):
