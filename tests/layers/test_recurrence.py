@@ -11,7 +11,7 @@ from lra_keras.layers import (
     SegmentRecurrentEncoder,
     TransformerXLBlock,
 )
-from lra_keras.layers.recurrence.relative_multi_head_attention import rel_shift
+from lra_keras.layers.recurrence.relative_multi_head_attention import rel_shift, two_sided_shift
 
 DIM = 16
 
@@ -37,6 +37,22 @@ def test_rel_shift_equals_explicit_gather():
             # Column p of raw is distance keys-1-p; (i, j) is distance memory + i - j.
             p = keys - 1 - (memory + i - j)
             np.testing.assert_array_equal(shifted[:, :, i, j], raw[:, :, i, p])
+
+
+@pytest.mark.parametrize("length,memory", [(1, 0), (1, 4), (5, 0), (5, 3), (4, 9)])
+def test_two_sided_shift_equals_explicit_gather(length, memory):
+    keys = length + memory
+    raw = rand(2, 3, length, length + keys - 1)
+    shifted = keras.ops.convert_to_numpy(two_sided_shift(raw, keys))
+    assert shifted.shape == (2, 3, length, keys)
+    for i in range(length):
+        for j in range(keys):
+            np.testing.assert_array_equal(shifted[:, :, i, j], raw[:, :, i, j + length - 1 - i])
+
+
+def test_two_sided_shift_refuses_wrong_position_count():
+    with pytest.raises(ValueError, match="expected 7 relative positions"):
+        two_sided_shift(rand(1, 1, 3, 6), 5)
 
 
 def test_relative_attention_is_causal_and_zero_on_padding():

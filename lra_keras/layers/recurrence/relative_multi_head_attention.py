@@ -28,6 +28,30 @@ def rel_shift(x):
     return ops.reshape(x, lead + [length, key_length])
 
 
+def two_sided_shift(x, key_length: int):
+    """Relative shift for two-sided distances, by pad-and-reshape (no gather).
+
+    Takes `x[..., i, p]` for `L` queries and `P = L + key_length - 1` relative positions and
+    returns `y[..., i, j] = x[..., i, j + L - 1 - i]`. Padding each row with one column makes
+    row i start `i` elements earlier in the flattened matrix, so one slice and reshape skews
+    every row at once; `take_along_axis` with a batch-broadcast index made the layer's
+    forward+backward 1.37x slower (batch 2, 512 queries over 1024 keys, 4 x 64 heads, CPU).
+    """
+    shape = ops.shape(x)
+    length, positions = x.shape[-2], x.shape[-1]
+    if positions != length + key_length - 1:
+        raise ValueError(
+            f"two_sided_shift: expected {length + key_length - 1} relative positions for "
+            f"{length} queries and {key_length} keys, got {positions}."
+        )
+    lead = [shape[i] for i in range(len(x.shape) - 2)]
+    x = ops.pad(x, [(0, 0)] * (len(x.shape) - 1) + [(0, 1)])
+    x = ops.reshape(x, lead + [length * (positions + 1)])
+    x = x[..., length - 1 : length - 1 + length * positions]
+    x = ops.reshape(x, lead + [length, positions])
+    return x[..., :key_length]
+
+
 @keras.saving.register_keras_serializable(package="lra_keras")
 class RelativeMultiHeadAttention(keras.layers.Layer):
     """Multi-head attention with Transformer-XL relative positions, over memory plus segment.
@@ -171,14 +195,12 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
             raw = ops.einsum("bqhd,phd->bhqp", q + self.position_bias * scale, r)
             positional = rel_shift(raw)
         else:
-            # Two-sided distances memory_length + i - j in [-(s-1), t-1 + memory_length];
-            # gather them explicitly (no future garbage to hide behind a mask).
-            distances = ops.arange(t - 1 + memory_length, -s, -1)
+            # Two-sided distances memory_length + i - j in [-(t-1), t-1 + memory_length]: no
+            # future region exists to hide shift garbage in, so the shift must be exact.
+            distances = ops.arange(t - 1 + memory_length, -t, -1)
             r = self._encode(distances, query.shape[-1])
             raw = ops.einsum("bqhd,phd->bhqp", q + self.position_bias * scale, r)
-            index = (ops.arange(s)[None, :] - ops.arange(t)[:, None]) + (t - 1)
-            index = ops.broadcast_to(index[None, None], ops.shape(raw)[:2] + (t, s))
-            positional = ops.take_along_axis(raw, index, axis=-1)
+            positional = two_sided_shift(raw, s)
         logits = content + positional
         allowed = None
         if value_mask is not None:
