@@ -47,6 +47,19 @@ def test_unknown_name_lists_known_names():
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_integer_arguments_refuse_floats_and_strings(name):
+    # A float is a mistake to name, not a request to truncate (`block_size=63.5`).
+    ints = {"num_heads": HEADS, "key_dim": KEY_DIM}
+    ints.update(
+        {k: v for k, v in case(name)["kwargs"].items() if type(v) is int}  # noqa: E721
+    )
+    for arg, value in ints.items():
+        for bad in (value + 0.5, str(value)):
+            with pytest.raises(ValueError, match=f"`{arg}` must be an integer"):
+                make_layer(name, **{arg: bad})
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_output_shape_and_padded_rows_zero(name):
     layer = make_layer(name)
     x, mask = inputs(name)

@@ -9,6 +9,7 @@ fully masked row into NaN), softmax and normalisers in float32.
 from __future__ import annotations
 
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -133,6 +134,22 @@ def masked_softmax_parts(logits: list, masks: list) -> list:
     sizes = [int(x.shape[-1]) for x in logits]
     splits = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
     return ops.split(probs, splits, axis=-1)
+
+
+def checked_int(
+    value, arg: str, variant: str, minimum: int = 1, allow_none: bool = False
+) -> int | None:
+    """Validates an integer argument >= `minimum` before any layer state is made.
+
+    Booleans and floats are refused rather than truncated (`block_size=63.5` is a mistake, not a
+    request for 63); numpy integers are accepted, since configs are often computed with numpy.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        expected = f"an integer >= {minimum}" + (" or None" if allow_none else "")
+        raise ValueError(f"{variant}: `{arg}` must be {expected}, got {value!r}.")
+    return int(value)
 
 
 def int_pair(value, arg: str, variant: str, minimum: int = 1) -> tuple[int, int]:

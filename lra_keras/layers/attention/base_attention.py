@@ -201,15 +201,12 @@ class BaseAttention(keras.layers.Layer):
     ):
         refuse_mha_arguments(type(self).__name__, kwargs)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if int(num_heads) <= 0 or int(key_dim) <= 0:
-            raise ValueError(
-                f"{type(self).__name__}: `num_heads` and `key_dim` must be positive integers, "
-                f"got num_heads={num_heads!r}, key_dim={key_dim!r}."
-            )
+        name = type(self).__name__
+        attention_utils.checked_int(num_heads, "num_heads", name)
+        attention_utils.checked_int(key_dim, "key_dim", name)
+        attention_utils.checked_int(value_dim, "value_dim", name, allow_none=True)
         if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(
-                f"{type(self).__name__}: `dropout` must be in [0, 1), got {dropout!r}."
-            )
+            raise ValueError(f"{name}: `dropout` must be in [0, 1), got {dropout!r}.")
         self.supports_masking = True
         self.num_heads = int(num_heads)
         self.key_dim = int(key_dim)

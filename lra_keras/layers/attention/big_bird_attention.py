@@ -87,15 +87,10 @@ class BigBirdAttention(BaseAttention):
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        if int(block_size) <= 0:
-            raise ValueError(
-                f"BigBirdAttention: `block_size` must be a positive integer, got {block_size!r}."
-            )
-        if int(num_random_blocks) < 0:
-            raise ValueError(
-                "BigBirdAttention: `num_random_blocks` must be a non-negative integer, got "
-                f"{num_random_blocks!r}."
-            )
+        attention_utils.checked_int(block_size, "block_size", "BigBirdAttention")
+        attention_utils.checked_int(
+            num_random_blocks, "num_random_blocks", "BigBirdAttention", minimum=0
+        )
         self.block_size = int(block_size)
         self.num_random_blocks = int(num_random_blocks)
         self._length = None

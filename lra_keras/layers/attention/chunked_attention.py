@@ -12,12 +12,6 @@ from lra_keras.layers.attention.registry import register_attention
 from lra_keras.layers.kernels import chunked_attention as kernel
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"ChunkedAttention: `{name}` must be a positive integer, got {value!r}.")
-    return value
-
-
 @register_attention("chunked")
 @keras.saving.register_keras_serializable(package="lra_keras")
 class ChunkedAttention(BaseAttention):
@@ -85,8 +79,12 @@ class ChunkedAttention(BaseAttention):
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        self.query_chunk_size = _positive_int("query_chunk_size", query_chunk_size)
-        self.key_chunk_size = _positive_int("key_chunk_size", key_chunk_size)
+        self.query_chunk_size = attention_utils.checked_int(
+            query_chunk_size, "query_chunk_size", "ChunkedAttention"
+        )
+        self.key_chunk_size = attention_utils.checked_int(
+            key_chunk_size, "key_chunk_size", "ChunkedAttention"
+        )
 
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
         out = kernel.chunked_attention(

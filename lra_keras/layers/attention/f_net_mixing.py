@@ -114,9 +114,10 @@ class FNetMixing(keras.layers.Layer):
                 f"{type(self).__name__}: `dropout` must be in [0, 1), got {dropout!r}."
             )
         self.supports_masking = True
-        self.num_heads = None if num_heads is None else int(num_heads)
-        self.key_dim = None if key_dim is None else int(key_dim)
-        self.value_dim = None if value_dim is None else int(value_dim)
+        name = type(self).__name__
+        self.num_heads = attention_utils.checked_int(num_heads, "num_heads", name, allow_none=True)
+        self.key_dim = attention_utils.checked_int(key_dim, "key_dim", name, allow_none=True)
+        self.value_dim = attention_utils.checked_int(value_dim, "value_dim", name, allow_none=True)
         self.dropout = float(dropout)
         self.use_bias = use_bias
         self._output_shape = output_shape

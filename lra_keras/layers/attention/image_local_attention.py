@@ -97,10 +97,7 @@ class ImageLocalAttention(BaseAttention):
         )
         self.query_shape = attention_utils.int_pair(query_shape, "query_shape", name)
         self.memory_flange = attention_utils.int_pair(memory_flange, "memory_flange", name, 0)
-        if int(block_length) <= 0:
-            raise ValueError(
-                f"{name}: `block_length` must be a positive integer, got {block_length!r}."
-            )
+        attention_utils.checked_int(block_length, "block_length", name)
         self.block_length = int(block_length)
         if self.image_shape is None:
             self.needs_static_length = False

@@ -71,10 +71,7 @@ class LinearAttention(BaseAttention):
                 f"LinearAttention: `feature_map` must be one of {_FEATURE_MAPS}, "
                 f"got {feature_map!r}."
             )
-        if int(chunk_size) <= 0:
-            raise ValueError(
-                f"LinearAttention: `chunk_size` must be a positive integer, got {chunk_size!r}."
-            )
+        attention_utils.checked_int(chunk_size, "chunk_size", "LinearAttention")
         self.feature_map = feature_map
         self.chunk_size = int(chunk_size)
 

@@ -71,15 +71,8 @@ class LinformerAttention(BaseAttention):
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        if max_length is None or int(max_length) <= 0:
-            raise ValueError(
-                f"LinformerAttention: `max_length` must be a positive integer, got {max_length!r}."
-            )
-        if int(projection_dim) <= 0:
-            raise ValueError(
-                "LinformerAttention: `projection_dim` must be a positive integer, "
-                f"got {projection_dim!r}."
-            )
+        attention_utils.checked_int(max_length, "max_length", "LinformerAttention")
+        attention_utils.checked_int(projection_dim, "projection_dim", "LinformerAttention")
         self.max_length = int(max_length)
         self.projection_dim = int(projection_dim)
         self.share_kv = bool(share_kv)

@@ -63,10 +63,7 @@ class LocalAttention(BaseAttention):
 
     def __init__(self, num_heads: int, key_dim: int, block_size: int = 64, **kwargs):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        if int(block_size) <= 0:
-            raise ValueError(
-                f"LocalAttention: `block_size` must be a positive integer, got {block_size!r}."
-            )
+        attention_utils.checked_int(block_size, "block_size", "LocalAttention")
         self.block_size = int(block_size)
 
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):

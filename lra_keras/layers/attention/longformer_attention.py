@@ -83,15 +83,8 @@ class LongformerAttention(BaseAttention):
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        if int(window_size) <= 0:
-            raise ValueError(
-                f"LongformerAttention: `window_size` must be a positive integer, got "
-                f"{window_size!r}."
-            )
-        if int(dilation) <= 0:
-            raise ValueError(
-                f"LongformerAttention: `dilation` must be a positive integer, got {dilation!r}."
-            )
+        attention_utils.checked_int(window_size, "window_size", "LongformerAttention")
+        attention_utils.checked_int(dilation, "dilation", "LongformerAttention")
         if isinstance(global_tokens, int) or not all(
             isinstance(g, int | np.integer) for g in global_tokens
         ):

@@ -116,19 +116,14 @@ class NystromAttention(BaseAttention):
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        if int(num_landmarks) <= 0:
-            raise ValueError(
-                "NystromAttention: `num_landmarks` must be a positive integer, "
-                f"got {num_landmarks!r}."
-            )
-        if int(pinv_iterations) < 0:
-            raise ValueError(
-                "NystromAttention: `pinv_iterations` must be a non-negative integer, "
-                f"got {pinv_iterations!r}."
-            )
-        if conv_kernel_size is not None and (
-            int(conv_kernel_size) <= 0 or int(conv_kernel_size) % 2 == 0
-        ):
+        attention_utils.checked_int(num_landmarks, "num_landmarks", "NystromAttention")
+        attention_utils.checked_int(
+            pinv_iterations, "pinv_iterations", "NystromAttention", minimum=0
+        )
+        attention_utils.checked_int(
+            conv_kernel_size, "conv_kernel_size", "NystromAttention", allow_none=True
+        )
+        if conv_kernel_size is not None and int(conv_kernel_size) % 2 == 0:
             raise ValueError(
                 "NystromAttention: `conv_kernel_size` must be None or a positive odd integer "
                 f"(a centred kernel), got {conv_kernel_size!r}."

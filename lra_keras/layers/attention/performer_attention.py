@@ -114,15 +114,10 @@ class PerformerAttention(BaseAttention):
             raise ValueError(
                 f"PerformerAttention: `kernel` must be one of {_KERNELS}, got {kernel!r}."
             )
-        if int(num_random_features) <= 0:
-            raise ValueError(
-                "PerformerAttention: `num_random_features` must be a positive integer, "
-                f"got {num_random_features!r}."
-            )
-        if int(chunk_size) <= 0:
-            raise ValueError(
-                f"PerformerAttention: `chunk_size` must be a positive integer, got {chunk_size!r}."
-            )
+        attention_utils.checked_int(
+            num_random_features, "num_random_features", "PerformerAttention"
+        )
+        attention_utils.checked_int(chunk_size, "chunk_size", "PerformerAttention")
         self.kernel = kernel
         self.num_random_features = int(num_random_features)
         self.orthogonal = bool(orthogonal)

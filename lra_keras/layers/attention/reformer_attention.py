@@ -101,11 +101,8 @@ class ReformerAttention(BaseAttention):
         self, num_heads: int, key_dim: int, num_hashes: int = 2, bucket_size: int = 64, **kwargs
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        for arg, value in (("num_hashes", num_hashes), ("bucket_size", bucket_size)):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-                raise ValueError(
-                    f"ReformerAttention: `{arg}` must be a positive integer, got {value!r}."
-                )
+        attention_utils.checked_int(num_hashes, "num_hashes", "ReformerAttention")
+        attention_utils.checked_int(bucket_size, "bucket_size", "ReformerAttention")
         self.num_hashes = int(num_hashes)
         self.bucket_size = int(bucket_size)
         self.inference_rotations = None

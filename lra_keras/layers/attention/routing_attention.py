@@ -102,11 +102,9 @@ class RoutingAttention(BaseAttention):
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        if num_clusters is not None and int(num_clusters) < 1:
-            raise ValueError(
-                "RoutingAttention: `num_clusters` must be None or an integer >= 1, got "
-                f"{num_clusters!r}."
-            )
+        attention_utils.checked_int(
+            num_clusters, "num_clusters", "RoutingAttention", allow_none=True
+        )
         if not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(f"RoutingAttention: `ema_decay` must be in [0, 1), got {ema_decay!r}.")
         if float(commitment_weight) < 0.0:

@@ -75,11 +75,7 @@ class SetAttention(BaseAttention):
 
     def __init__(self, num_heads: int, key_dim: int, num_inducing_points: int = 32, **kwargs):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        if int(num_inducing_points) <= 0:
-            raise ValueError(
-                "SetAttention: `num_inducing_points` must be a positive integer, "
-                f"got {num_inducing_points!r}."
-            )
+        attention_utils.checked_int(num_inducing_points, "num_inducing_points", "SetAttention")
         self.num_inducing_points = int(num_inducing_points)
 
     def _build_variant(self, query_shape, value_shape):

@@ -100,24 +100,15 @@ class SinkhornAttention(BaseAttention):
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        if int(block_size) <= 0:
-            raise ValueError(
-                f"SinkhornAttention: `block_size` must be a positive integer, got {block_size!r}."
-            )
+        attention_utils.checked_int(block_size, "block_size", "SinkhornAttention")
         if not float(temperature) > 0.0:
             raise ValueError(
                 f"SinkhornAttention: `temperature` must be positive, got {temperature!r}."
             )
-        if int(sinkhorn_iterations) < 1:
-            raise ValueError(
-                "SinkhornAttention: `sinkhorn_iterations` must be an integer >= 1, got "
-                f"{sinkhorn_iterations!r}."
-            )
-        if sortcut_blocks is not None and int(sortcut_blocks) < 1:
-            raise ValueError(
-                "SinkhornAttention: `sortcut_blocks` must be None or an integer >= 1, got "
-                f"{sortcut_blocks!r}."
-            )
+        attention_utils.checked_int(sinkhorn_iterations, "sinkhorn_iterations", "SinkhornAttention")
+        attention_utils.checked_int(
+            sortcut_blocks, "sortcut_blocks", "SinkhornAttention", allow_none=True
+        )
         self.block_size = int(block_size)
         self.temperature = float(temperature)
         self.sinkhorn_iterations = int(sinkhorn_iterations)

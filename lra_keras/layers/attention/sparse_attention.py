@@ -94,10 +94,8 @@ class SparseAttention(BaseAttention):
             raise ValueError(
                 f"SparseAttention: `pattern` must be one of {_PATTERNS}, got {pattern!r}."
             )
-        if int(block_size) <= 0:
-            raise ValueError(
-                f"SparseAttention: `block_size` must be a positive integer, got {block_size!r}."
-            )
+        attention_utils.checked_int(block_size, "block_size", "SparseAttention")
+        attention_utils.checked_int(num_summary, "num_summary", "SparseAttention")
         if pattern == "fixed" and not 1 <= int(num_summary) <= int(block_size):
             raise ValueError(
                 "SparseAttention: with pattern='fixed', `num_summary` must be in [1, block_size] = "

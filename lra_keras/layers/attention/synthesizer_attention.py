@@ -84,18 +84,10 @@ class SynthesizerAttention(BaseAttention):
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        if max_length is None or int(max_length) <= 0:
-            raise ValueError(
-                "SynthesizerAttention: `max_length` must be a positive integer, "
-                f"got {max_length!r}."
-            )
+        attention_utils.checked_int(max_length, "max_length", "SynthesizerAttention")
         if mode not in _MODES:
             raise ValueError(f"SynthesizerAttention: `mode` must be one of {_MODES}, got {mode!r}.")
-        if int(factor_rank) <= 0:
-            raise ValueError(
-                "SynthesizerAttention: `factor_rank` must be a positive integer, "
-                f"got {factor_rank!r}."
-            )
+        attention_utils.checked_int(factor_rank, "factor_rank", "SynthesizerAttention")
         self.max_length = int(max_length)
         self.mode = mode
         self.mix_dot_product = bool(mix_dot_product)

@@ -94,8 +94,12 @@ class CompressiveTransformerBlock(TransformerXLBlock):
         )
         if compression not in COMPRESSIONS:
             raise ValueError(f"`compression` must be one of {COMPRESSIONS}, got {compression!r}.")
-        if int(compression_rate) < 1:
-            raise ValueError(f"`compression_rate` must be >= 1, got {compression_rate}.")
+        attention_utils.checked_int(
+            compressed_memory_length, "compressed_memory_length", "CompressiveTransformerBlock", 0
+        )
+        attention_utils.checked_int(
+            compression_rate, "compression_rate", "CompressiveTransformerBlock"
+        )
         self.compressed_memory_length = int(compressed_memory_length)
         self.compression_rate = int(compression_rate)
         self.compression = compression

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from lra_keras.layers.attention import attention_utils
 from lra_keras.layers.recurrence.compressive_transformer_block import (
     CompressiveTransformerBlock,
 )
@@ -87,8 +88,8 @@ class SegmentRecurrentEncoder(keras.layers.Layer):
         super().__init__(**kwargs)
         if block not in BLOCKS:
             raise ValueError(f"`block` must be one of {BLOCKS}, got {block!r}.")
-        if int(segment_length) < 1:
-            raise ValueError(f"`segment_length` must be >= 1, got {segment_length}.")
+        attention_utils.checked_int(segment_length, "segment_length", "SegmentRecurrentEncoder")
+        attention_utils.checked_int(memory_length, "memory_length", "SegmentRecurrentEncoder", 0)
         self.block = block
         self.num_layers = int(num_layers)
         self.num_heads = int(num_heads)

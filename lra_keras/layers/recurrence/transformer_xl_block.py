@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from lra_keras.layers.attention import attention_utils
 from lra_keras.layers.recurrence.relative_multi_head_attention import RelativeMultiHeadAttention
 
 
@@ -96,9 +97,8 @@ class TransformerXLBlock(keras.layers.Layer):
         self.num_heads = int(num_heads)
         self.key_dim = int(key_dim)
         self.mlp_dim = int(mlp_dim)
+        attention_utils.checked_int(memory_length, "memory_length", type(self).__name__, 0)
         self.memory_length = int(memory_length)
-        if self.memory_length < 0:
-            raise ValueError(f"`memory_length` must be >= 0, got {memory_length}.")
         self.dropout = float(dropout)
         self.attention_dropout = float(attention_dropout)
         policy = self.dtype_policy
