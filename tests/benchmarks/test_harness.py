@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from benchmarks import accuracy, efficiency
+from benchmarks import accuracy, efficiency, relative_attention, variants_l4096
 
 
 def fake_args(**kwargs):
@@ -257,3 +257,24 @@ def test_accuracy_end_to_end(tmp_path):
         assert os.path.getsize(tmp_path / name) > 0
     table = (tmp_path / "accuracy.md").read_text()
     assert "| linear | " in table and "pathfinder accuracy" in table
+
+
+def test_relative_attention_benchmark_prints_both_modes(capsys):
+    relative_attention.main(["--length", "4", "--memory", "3", "--batch", "1", "--repeats", "1"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["causal"] for r in rows] == [False, True]
+    assert all(r["median_seconds"] > 0 and r["memory"] == 3 for r in rows)
+
+
+def test_layer_flops_of_full_equal_the_keras_mha_formula():
+    import keras
+
+    from lra_keras.layers import get_attention
+
+    heads, key_dim = variants_l4096.HEADS, variants_l4096.KEY_DIM
+    full = get_attention("full", num_heads=heads, key_dim=key_dim)
+    full.build((2, 64, variants_l4096.MODEL_DIM), (2, 64, variants_l4096.MODEL_DIM))
+    mha = keras.layers.MultiHeadAttention(num_heads=heads, key_dim=key_dim)
+    assert variants_l4096.step_flops(full, 2, 64) == variants_l4096.step_flops(mha, 2, 64)
+    local = get_attention("local", num_heads=heads, key_dim=key_dim, block_size=16)
+    assert variants_l4096.step_flops(local, 2, 64) < variants_l4096.step_flops(full, 2, 64)
