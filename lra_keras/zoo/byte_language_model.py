@@ -140,12 +140,15 @@ class ByteLanguageModel(keras.Model):
         num_bytes: int,
         temperature: float = 1.0,
         seed: int | None = None,
+        step_fn=None,
     ) -> bytes:
         """Samples `num_bytes` bytes after `prompt`, carrying memory across steps.
 
         The prompt runs through the model in segments of `segment_length`; each new byte is
         then one step of length 1 against the memory. `temperature=0` picks the most likely
-        byte.
+        byte. `step_fn(tokens, state) -> (logits, state)` replaces the eager call for the
+        per-byte steps, e.g. the compiled step of `lra_keras.training.compiled_lm_step` (its
+        state shapes are fixed after the prompt, so it traces once).
         """
         if isinstance(prompt, str):
             prompt = prompt.encode("utf-8")
@@ -160,9 +163,14 @@ class ByteLanguageModel(keras.Model):
         context, last = ids[:, :-1], ids[:, -1:]
         if context.shape[1]:
             _, state = self(context, state=state, return_state=True)
+        if step_fn is None:
+
+            def step_fn(tokens, state):
+                return self(tokens, state=state, return_state=True)
+
         out = bytearray()
         for _ in range(num_bytes):
-            logits, state = self(last, state=state, return_state=True)
+            logits, state = step_fn(last, state)
             scores = ops.convert_to_numpy(logits)[0, -1, 1:].astype("float64")
             if temperature <= 0:
                 byte = int(np.argmax(scores))
