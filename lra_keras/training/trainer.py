@@ -153,9 +153,21 @@ class Trainer:
 
     Example:
 
-    >>> trainer = Trainer(lambda: model, train_ds, model_dir="/tmp/run", batch_size=32,
-    ...                   num_train_steps=100, eval_data={"validation": val_ds})  # doctest: +SKIP
-    >>> results = trainer.train()  # doctest: +SKIP
+    >>> import tempfile
+    >>> import keras
+    >>> import numpy as np
+    >>> import tensorflow as tf
+    >>> def model_fn():
+    ...     inputs = keras.Input((4,), name="x")
+    ...     return keras.Model({"x": inputs}, keras.layers.Dense(2)(inputs))
+    >>> x = np.random.default_rng(0).random((64, 4), dtype="float32")
+    >>> data = tf.data.Dataset.from_tensor_slices(({"x": x}, (x[:, 0] > 0.5).astype("int32")))
+    >>> trainer = Trainer(model_fn, data.batch(16), model_dir=tempfile.mkdtemp(),
+    ...                   batch_size=16, num_train_steps=4, eval_every=2,
+    ...                   eval_data={"validation": data.batch(16)}, verbose=0, export_fn=None)
+    >>> results = trainer.train()
+    >>> results["step"], sorted(results["last"]["validation"])
+    (4, ['accuracy', 'examples', 'loss'])
     """
 
     def __init__(

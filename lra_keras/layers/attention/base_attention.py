@@ -164,7 +164,7 @@ class BaseAttention(keras.layers.Layer):
     >>> layer = get_attention("full", num_heads=2, key_dim=8)
     >>> x = np.random.rand(2, 16, 32).astype("float32")
     >>> mask = np.arange(16)[None, :] < np.array([[16], [9]])
-    >>> layer(x, x, query_mask=mask, value_mask=mask).shape
+    >>> tuple(layer(x, x, query_mask=mask, value_mask=mask).shape)
     (2, 16, 32)
 
     Reference:

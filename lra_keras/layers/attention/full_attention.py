@@ -44,7 +44,7 @@ class FullAttention(BaseAttention):
     >>> layer = FullAttention(num_heads=2, key_dim=8)
     >>> x = np.random.rand(1, 10, 16).astype("float32")
     >>> out, scores = layer(x, x, return_attention_scores=True, use_causal_mask=True)
-    >>> out.shape, scores.shape
+    >>> tuple(out.shape), tuple(scores.shape)
     ((1, 10, 16), (1, 2, 10, 10))
 
     Reference:

@@ -62,7 +62,7 @@ class CompressiveTransformerBlock(TransformerXLBlock):
     >>> x = np.random.rand(2, 4, 16).astype("float32")
     >>> y, memory, compressed = block(x)
     >>> y, memory, compressed = block(x, memory=memory, compressed_memory=compressed)
-    >>> compressed.shape
+    >>> tuple(compressed.shape)
     (2, 4, 16)
 
     Reference:

@@ -95,7 +95,7 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
     >>> attn = RelativeMultiHeadAttention(num_heads=2, key_dim=8)
     >>> x = np.random.rand(2, 6, 16).astype("float32")
     >>> memory = np.random.rand(2, 4, 16).astype("float32")
-    >>> attn(x, np.concatenate([memory, x], axis=1)).shape
+    >>> tuple(attn(x, np.concatenate([memory, x], axis=1)).shape)
     (2, 6, 16)
 
     Reference:

@@ -60,7 +60,7 @@ class SegmentRecurrentEncoder(keras.layers.Layer):
     >>> from lra_keras.layers import SegmentRecurrentEncoder
     >>> enc = SegmentRecurrentEncoder(num_layers=2, num_heads=2, key_dim=8, mlp_dim=32,
     ...                               segment_length=4, memory_length=4)
-    >>> enc(np.random.rand(2, 10, 16).astype("float32")).shape
+    >>> tuple(enc(np.random.rand(2, 10, 16).astype("float32")).shape)
     (2, 10, 16)
 
     Reference:

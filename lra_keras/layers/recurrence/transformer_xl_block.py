@@ -75,7 +75,7 @@ class TransformerXLBlock(keras.layers.Layer):
     >>> x = np.random.rand(2, 4, 16).astype("float32")
     >>> y, memory = block(x)
     >>> y, memory = block(x, memory=memory)
-    >>> y.shape, memory.shape
+    >>> tuple(y.shape), tuple(memory.shape)
     ((2, 4, 16), (2, 4, 16))
 
     Reference:
