@@ -3,27 +3,12 @@
 import pytest
 
 from lra_keras.training import compiled_lm_step
-from lra_keras.zoo.byte_language_model import ByteLanguageModel
-
-
-def tiny_lm(block):
-    return ByteLanguageModel(
-        block=block,
-        embed_dim=16,
-        num_layers=2,
-        num_heads=2,
-        key_dim=8,
-        mlp_dim=32,
-        segment_length=4,
-        memory_length=6,
-        compressed_memory_length=2,
-        dropout=0.0,
-    )
+from tests.zoo.test_byte_language_model import tiny_lm
 
 
 @pytest.mark.parametrize("block", ["transformer_xl", "compressive"])
 def test_compiled_step_generates_the_same_bytes(block):
-    lm = tiny_lm(block)
+    lm = tiny_lm(block=block, memory_length=6, compressed_memory_length=2)
     step = compiled_lm_step(lm)
     prompt = b"for i in range(10):\n"
     greedy = lm.generate(prompt, num_bytes=12, temperature=0)
