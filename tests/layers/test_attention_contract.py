@@ -57,6 +57,9 @@ def test_integer_arguments_refuse_floats_and_strings(name):
         for bad in (value + 0.5, str(value)):
             with pytest.raises(ValueError, match=f"`{arg}` must be an integer"):
                 make_layer(name, **{arg: bad})
+        # numpy integers (configs computed with numpy) are accepted and stored as Python ints.
+        stored = getattr(make_layer(name, **{arg: np.int64(value)}), arg)
+        assert stored == value and type(stored) is int  # noqa: E721
 
 
 @pytest.mark.parametrize("name", NAMES)

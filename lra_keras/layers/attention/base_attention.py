@@ -202,15 +202,13 @@ class BaseAttention(keras.layers.Layer):
         refuse_mha_arguments(type(self).__name__, kwargs)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         name = type(self).__name__
-        attention_utils.checked_int(num_heads, "num_heads", name)
-        attention_utils.checked_int(key_dim, "key_dim", name)
-        attention_utils.checked_int(value_dim, "value_dim", name, allow_none=True)
+        self.num_heads = attention_utils.checked_int(num_heads, "num_heads", name)
+        self.key_dim = attention_utils.checked_int(key_dim, "key_dim", name)
+        value_dim = attention_utils.checked_int(value_dim, "value_dim", name, allow_none=True)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"{name}: `dropout` must be in [0, 1), got {dropout!r}.")
         self.supports_masking = True
-        self.num_heads = int(num_heads)
-        self.key_dim = int(key_dim)
-        self.value_dim = int(value_dim) if value_dim else self.key_dim
+        self.value_dim = self.key_dim if value_dim is None else value_dim
         self.dropout = float(dropout)
         self.use_bias = use_bias
         self._output_shape = output_shape

@@ -87,12 +87,10 @@ class BigBirdAttention(BaseAttention):
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        attention_utils.checked_int(block_size, "block_size", "BigBirdAttention")
-        attention_utils.checked_int(
+        self.block_size = attention_utils.checked_int(block_size, "block_size", "BigBirdAttention")
+        self.num_random_blocks = attention_utils.checked_int(
             num_random_blocks, "num_random_blocks", "BigBirdAttention", minimum=0
         )
-        self.block_size = int(block_size)
-        self.num_random_blocks = int(num_random_blocks)
         self._length = None
         self._table = None
 

@@ -97,8 +97,7 @@ class ImageLocalAttention(BaseAttention):
         )
         self.query_shape = attention_utils.int_pair(query_shape, "query_shape", name)
         self.memory_flange = attention_utils.int_pair(memory_flange, "memory_flange", name, 0)
-        attention_utils.checked_int(block_length, "block_length", name)
-        self.block_length = int(block_length)
+        self.block_length = attention_utils.checked_int(block_length, "block_length", name)
         if self.image_shape is None:
             self.needs_static_length = False
 

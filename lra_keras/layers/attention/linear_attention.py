@@ -71,9 +71,8 @@ class LinearAttention(BaseAttention):
                 f"LinearAttention: `feature_map` must be one of {_FEATURE_MAPS}, "
                 f"got {feature_map!r}."
             )
-        attention_utils.checked_int(chunk_size, "chunk_size", "LinearAttention")
+        self.chunk_size = attention_utils.checked_int(chunk_size, "chunk_size", "LinearAttention")
         self.feature_map = feature_map
-        self.chunk_size = int(chunk_size)
 
     def _features(self, x):
         return ops.elu(attention_utils.to_float32(x)) + 1.0

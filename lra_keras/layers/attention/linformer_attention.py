@@ -71,10 +71,12 @@ class LinformerAttention(BaseAttention):
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        attention_utils.checked_int(max_length, "max_length", "LinformerAttention")
-        attention_utils.checked_int(projection_dim, "projection_dim", "LinformerAttention")
-        self.max_length = int(max_length)
-        self.projection_dim = int(projection_dim)
+        self.max_length = attention_utils.checked_int(
+            max_length, "max_length", "LinformerAttention"
+        )
+        self.projection_dim = attention_utils.checked_int(
+            projection_dim, "projection_dim", "LinformerAttention"
+        )
         self.share_kv = bool(share_kv)
 
     def _check_length(self, length):

@@ -63,8 +63,7 @@ class LocalAttention(BaseAttention):
 
     def __init__(self, num_heads: int, key_dim: int, block_size: int = 64, **kwargs):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        attention_utils.checked_int(block_size, "block_size", "LocalAttention")
-        self.block_size = int(block_size)
+        self.block_size = attention_utils.checked_int(block_size, "block_size", "LocalAttention")
 
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
         length = attention_utils.static_length(q, 1, "LocalAttention")

@@ -83,8 +83,10 @@ class LongformerAttention(BaseAttention):
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        attention_utils.checked_int(window_size, "window_size", "LongformerAttention")
-        attention_utils.checked_int(dilation, "dilation", "LongformerAttention")
+        self.window_size = attention_utils.checked_int(
+            window_size, "window_size", "LongformerAttention"
+        )
+        self.dilation = attention_utils.checked_int(dilation, "dilation", "LongformerAttention")
         if isinstance(global_tokens, int) or not all(
             isinstance(g, int | np.integer) for g in global_tokens
         ):
@@ -92,8 +94,6 @@ class LongformerAttention(BaseAttention):
                 "LongformerAttention: `global_tokens` must be a tuple of token positions "
                 f"(ints), e.g. (0,), got {global_tokens!r}."
             )
-        self.window_size = int(window_size)
-        self.dilation = int(dilation)
         self.global_tokens = tuple(int(g) for g in global_tokens)
 
     def window_bounds(self, causal: bool) -> tuple[int, int]:

@@ -87,10 +87,9 @@ class MemoryCompressedAttention(BaseAttention):
 
     def __init__(self, num_heads: int, key_dim: int, compression_rate: int = 3, **kwargs):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        attention_utils.checked_int(
+        self.compression_rate = attention_utils.checked_int(
             compression_rate, "compression_rate", "MemoryCompressedAttention"
         )
-        self.compression_rate = int(compression_rate)
 
     def _build_variant(self, query_shape, value_shape):
         c, h = self.compression_rate, self.num_heads

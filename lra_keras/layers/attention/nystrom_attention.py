@@ -116,21 +116,20 @@ class NystromAttention(BaseAttention):
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        attention_utils.checked_int(num_landmarks, "num_landmarks", "NystromAttention")
-        attention_utils.checked_int(
+        self.num_landmarks = attention_utils.checked_int(
+            num_landmarks, "num_landmarks", "NystromAttention"
+        )
+        self.pinv_iterations = attention_utils.checked_int(
             pinv_iterations, "pinv_iterations", "NystromAttention", minimum=0
         )
-        attention_utils.checked_int(
+        self.conv_kernel_size = attention_utils.checked_int(
             conv_kernel_size, "conv_kernel_size", "NystromAttention", allow_none=True
         )
-        if conv_kernel_size is not None and int(conv_kernel_size) % 2 == 0:
+        if self.conv_kernel_size is not None and self.conv_kernel_size % 2 == 0:
             raise ValueError(
                 "NystromAttention: `conv_kernel_size` must be None or a positive odd integer "
                 f"(a centred kernel), got {conv_kernel_size!r}."
             )
-        self.num_landmarks = int(num_landmarks)
-        self.pinv_iterations = int(pinv_iterations)
-        self.conv_kernel_size = None if conv_kernel_size is None else int(conv_kernel_size)
 
     def _build_variant(self, query_shape, value_shape):
         if self.conv_kernel_size is None:

@@ -114,15 +114,15 @@ class PerformerAttention(BaseAttention):
             raise ValueError(
                 f"PerformerAttention: `kernel` must be one of {_KERNELS}, got {kernel!r}."
             )
-        attention_utils.checked_int(
+        self.num_random_features = attention_utils.checked_int(
             num_random_features, "num_random_features", "PerformerAttention"
         )
-        attention_utils.checked_int(chunk_size, "chunk_size", "PerformerAttention")
+        self.chunk_size = attention_utils.checked_int(
+            chunk_size, "chunk_size", "PerformerAttention"
+        )
         self.kernel = kernel
-        self.num_random_features = int(num_random_features)
         self.orthogonal = bool(orthogonal)
         self.redraw = bool(redraw)
-        self.chunk_size = int(chunk_size)
 
     def _build_variant(self, query_shape, value_shape):
         self.projection = self.add_weight(

@@ -101,10 +101,10 @@ class ReformerAttention(BaseAttention):
         self, num_heads: int, key_dim: int, num_hashes: int = 2, bucket_size: int = 64, **kwargs
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        attention_utils.checked_int(num_hashes, "num_hashes", "ReformerAttention")
-        attention_utils.checked_int(bucket_size, "bucket_size", "ReformerAttention")
-        self.num_hashes = int(num_hashes)
-        self.bucket_size = int(bucket_size)
+        self.num_hashes = attention_utils.checked_int(num_hashes, "num_hashes", "ReformerAttention")
+        self.bucket_size = attention_utils.checked_int(
+            bucket_size, "bucket_size", "ReformerAttention"
+        )
         self.inference_rotations = None
 
     def num_buckets(self, length: int) -> int:

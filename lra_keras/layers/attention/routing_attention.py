@@ -102,7 +102,7 @@ class RoutingAttention(BaseAttention):
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        attention_utils.checked_int(
+        self.num_clusters = attention_utils.checked_int(
             num_clusters, "num_clusters", "RoutingAttention", allow_none=True
         )
         if not 0.0 <= float(ema_decay) < 1.0:
@@ -111,7 +111,6 @@ class RoutingAttention(BaseAttention):
             raise ValueError(
                 f"RoutingAttention: `commitment_weight` must be >= 0, got {commitment_weight!r}."
             )
-        self.num_clusters = None if num_clusters is None else int(num_clusters)
         self.ema_decay = float(ema_decay)
         self.commitment_weight = float(commitment_weight)
 

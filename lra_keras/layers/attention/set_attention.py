@@ -75,8 +75,9 @@ class SetAttention(BaseAttention):
 
     def __init__(self, num_heads: int, key_dim: int, num_inducing_points: int = 32, **kwargs):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        attention_utils.checked_int(num_inducing_points, "num_inducing_points", "SetAttention")
-        self.num_inducing_points = int(num_inducing_points)
+        self.num_inducing_points = attention_utils.checked_int(
+            num_inducing_points, "num_inducing_points", "SetAttention"
+        )
 
     def _build_variant(self, query_shape, value_shape):
         m, h = self.num_inducing_points, self.num_heads

@@ -100,19 +100,18 @@ class SinkhornAttention(BaseAttention):
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        attention_utils.checked_int(block_size, "block_size", "SinkhornAttention")
+        self.block_size = attention_utils.checked_int(block_size, "block_size", "SinkhornAttention")
         if not float(temperature) > 0.0:
             raise ValueError(
                 f"SinkhornAttention: `temperature` must be positive, got {temperature!r}."
             )
-        attention_utils.checked_int(sinkhorn_iterations, "sinkhorn_iterations", "SinkhornAttention")
-        attention_utils.checked_int(
+        self.sinkhorn_iterations = attention_utils.checked_int(
+            sinkhorn_iterations, "sinkhorn_iterations", "SinkhornAttention"
+        )
+        self.sortcut_blocks = attention_utils.checked_int(
             sortcut_blocks, "sortcut_blocks", "SinkhornAttention", allow_none=True
         )
-        self.block_size = int(block_size)
         self.temperature = float(temperature)
-        self.sinkhorn_iterations = int(sinkhorn_iterations)
-        self.sortcut_blocks = None if sortcut_blocks is None else int(sortcut_blocks)
 
     def _build_variant(self, query_shape, value_shape):
         self.sort_kernel = self.add_weight(

@@ -94,16 +94,16 @@ class SparseAttention(BaseAttention):
             raise ValueError(
                 f"SparseAttention: `pattern` must be one of {_PATTERNS}, got {pattern!r}."
             )
-        attention_utils.checked_int(block_size, "block_size", "SparseAttention")
-        attention_utils.checked_int(num_summary, "num_summary", "SparseAttention")
-        if pattern == "fixed" and not 1 <= int(num_summary) <= int(block_size):
+        self.block_size = attention_utils.checked_int(block_size, "block_size", "SparseAttention")
+        self.num_summary = attention_utils.checked_int(
+            num_summary, "num_summary", "SparseAttention"
+        )
+        if pattern == "fixed" and self.num_summary > self.block_size:
             raise ValueError(
                 "SparseAttention: with pattern='fixed', `num_summary` must be in [1, block_size] = "
-                f"[1, {int(block_size)}], got {num_summary!r}."
+                f"[1, {self.block_size}], got {num_summary!r}."
             )
         self.pattern = pattern
-        self.block_size = int(block_size)
-        self.num_summary = int(num_summary)
 
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
         length = attention_utils.static_length(q, 1, "SparseAttention")

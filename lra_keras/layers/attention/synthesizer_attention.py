@@ -84,14 +84,16 @@ class SynthesizerAttention(BaseAttention):
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
-        attention_utils.checked_int(max_length, "max_length", "SynthesizerAttention")
+        self.max_length = attention_utils.checked_int(
+            max_length, "max_length", "SynthesizerAttention"
+        )
         if mode not in _MODES:
             raise ValueError(f"SynthesizerAttention: `mode` must be one of {_MODES}, got {mode!r}.")
-        attention_utils.checked_int(factor_rank, "factor_rank", "SynthesizerAttention")
-        self.max_length = int(max_length)
+        self.factor_rank = attention_utils.checked_int(
+            factor_rank, "factor_rank", "SynthesizerAttention"
+        )
         self.mode = mode
         self.mix_dot_product = bool(mix_dot_product)
-        self.factor_rank = int(factor_rank)
         self.factor_a = math.ceil(math.sqrt(self.max_length))
         self.factor_b = -(-self.max_length // self.factor_a)
 

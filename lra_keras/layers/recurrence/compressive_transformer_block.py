@@ -94,14 +94,12 @@ class CompressiveTransformerBlock(TransformerXLBlock):
         )
         if compression not in COMPRESSIONS:
             raise ValueError(f"`compression` must be one of {COMPRESSIONS}, got {compression!r}.")
-        attention_utils.checked_int(
+        self.compressed_memory_length = attention_utils.checked_int(
             compressed_memory_length, "compressed_memory_length", "CompressiveTransformerBlock", 0
         )
-        attention_utils.checked_int(
+        self.compression_rate = attention_utils.checked_int(
             compression_rate, "compression_rate", "CompressiveTransformerBlock"
         )
-        self.compressed_memory_length = int(compressed_memory_length)
-        self.compression_rate = int(compression_rate)
         self.compression = compression
         self.reconstruction_weight = float(reconstruction_weight)
 

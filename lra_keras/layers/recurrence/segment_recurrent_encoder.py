@@ -88,15 +88,17 @@ class SegmentRecurrentEncoder(keras.layers.Layer):
         super().__init__(**kwargs)
         if block not in BLOCKS:
             raise ValueError(f"`block` must be one of {BLOCKS}, got {block!r}.")
-        attention_utils.checked_int(segment_length, "segment_length", "SegmentRecurrentEncoder")
-        attention_utils.checked_int(memory_length, "memory_length", "SegmentRecurrentEncoder", 0)
+        self.segment_length = attention_utils.checked_int(
+            segment_length, "segment_length", "SegmentRecurrentEncoder"
+        )
+        self.memory_length = attention_utils.checked_int(
+            memory_length, "memory_length", "SegmentRecurrentEncoder", 0
+        )
         self.block = block
         self.num_layers = int(num_layers)
         self.num_heads = int(num_heads)
         self.key_dim = int(key_dim)
         self.mlp_dim = int(mlp_dim)
-        self.segment_length = int(segment_length)
-        self.memory_length = int(memory_length)
         self.compressed_memory_length = int(compressed_memory_length)
         self.compression_rate = int(compression_rate)
         self.compression = compression

@@ -97,8 +97,9 @@ class TransformerXLBlock(keras.layers.Layer):
         self.num_heads = int(num_heads)
         self.key_dim = int(key_dim)
         self.mlp_dim = int(mlp_dim)
-        attention_utils.checked_int(memory_length, "memory_length", type(self).__name__, 0)
-        self.memory_length = int(memory_length)
+        self.memory_length = attention_utils.checked_int(
+            memory_length, "memory_length", type(self).__name__, 0
+        )
         self.dropout = float(dropout)
         self.attention_dropout = float(attention_dropout)
         policy = self.dtype_policy
