@@ -1,9 +1,12 @@
 """Peak memory read back from a profiler trace (the TensorBoard memory-profile tool's data).
 
-The trace holds allocator events only where TensorFlow's allocator emits them: on GPUs, and
-on the CPU with TensorFlow 2.21's default oneDNN allocator (`mklcpu`). With
-`TF_ENABLE_ONEDNN_OPTS=0` the plain CPU allocator records no memory events, and
-`trace_peak_memory` says so (`peak_bytes` None and a `note`) rather than inventing a number.
+Its figures have `source` `"trace"`. The trace holds allocator events only where TensorFlow's
+allocator emits them: on GPUs, and on the CPU with the oneDNN allocator (`mklcpu`), which
+TensorFlow 2.21 uses by default only on CPUs with AVX-512. Without oneDNN (an AVX2-only CPU
+with the default setting, or `TF_ENABLE_ONEDNN_OPTS=0`) the plain CPU allocator records no
+memory events, and `trace_peak_memory` says so (`peak_bytes` None and a `note`) rather than
+inventing a number. `lra-train --profile_steps` and the benchmark children turn oneDNN on
+before TensorFlow loads (`lra_keras.onednn`) unless the user set `TF_ENABLE_ONEDNN_OPTS`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,12 @@ import glob
 import json
 import os
 
-NO_MEMORY_PROFILE = "no memory profile in this trace (no allocator events were recorded)"
+from lra_keras.profiling.memory import SOURCE_TRACE
+
+NO_MEMORY_PROFILE = (
+    "no memory profile in this trace (no allocator events were recorded; on a CPU, set "
+    "TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is imported)"
+)
 
 
 def find_xplane(logdir: str) -> str:
@@ -54,11 +62,12 @@ def trace_peak_memory(logdir_or_file: str) -> dict:
             one `<host>.xplane.pb` file.
 
     Returns:
-        `{"file", "run", "host", "allocators": {name: {"peak_bytes_in_use",
-        "peak_bytes_lifetime", "capacity_bytes"}}, "peak_bytes", "peak_mib"}`: `run` and `host`
-        name the trace that was read (`plugins/profile/<run>/<host>.xplane.pb`), and
-        `peak_bytes` is the largest in-use peak over the allocators, or None (with a `note`)
-        when the trace holds no memory profile.
+        `{"file", "run", "host", "source", "allocators": {name: {"peak_bytes_in_use",
+        "peak_bytes_lifetime", "capacity_bytes"}}, "peak_bytes", "peak_mib", "note"}`: `run`
+        and `host` name the trace that was read (`plugins/profile/<run>/<host>.xplane.pb`),
+        `source` is `"trace"`, and `peak_bytes` is the largest in-use peak over the
+        allocators, or None (with `note` saying so) when the trace holds no memory profile;
+        `note` is None otherwise.
 
     Raises:
         FileNotFoundError: no `.xplane.pb` under `logdir_or_file`.
@@ -98,10 +107,10 @@ def trace_peak_memory(logdir_or_file: str) -> dict:
         "file": path,
         "run": os.path.basename(os.path.dirname(path)),
         "host": os.path.basename(path)[: -len(".xplane.pb")],
+        "source": SOURCE_TRACE,
         "allocators": allocators,
         "peak_bytes": peak_bytes,
         "peak_mib": None if peak_bytes is None else peak_bytes / 2**20,
+        "note": None if allocators else NO_MEMORY_PROFILE,
     }
-    if not allocators:
-        result["note"] = NO_MEMORY_PROFILE
     return result

@@ -1,9 +1,23 @@
-"""Training: one custom loop under any `tf.distribute` strategy, LRA schedules, the CLI."""
+"""Training: one custom loop under any `tf.distribute` strategy, LRA schedules, the CLI.
 
-from lra_keras.training.generation import compiled_lm_step
-from lra_keras.training.lra_schedule import SCHEDULES, LRASchedule
-from lra_keras.training.strategies import STRATEGIES, make_strategy
-from lra_keras.training.trainer import Trainer, parse_profile_steps
+The names below load on first use, so that importing `lra_keras.training.cli` (the `lra-train`
+entry point) imports no TensorFlow before the CLI has set up oneDNN (`lra_keras.onednn`).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "compiled_lm_step": "generation",
+    "SCHEDULES": "lra_schedule",
+    "LRASchedule": "lra_schedule",
+    "STRATEGIES": "strategies",
+    "make_strategy": "strategies",
+    "Trainer": "trainer",
+    "parse_profile_steps": "trainer",
+}
+_SUBMODULES = ("cli", "generation", "lra_schedule", "strategies", "trainer")
 
 __all__ = [
     "SCHEDULES",
@@ -14,3 +28,17 @@ __all__ = [
     "make_strategy",
     "parse_profile_steps",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

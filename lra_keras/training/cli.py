@@ -15,6 +15,12 @@ import os
 
 from absl import app, flags, logging
 
+from lra_keras.onednn import enable_cpu_memory_statistics
+
+# Before anything imports TensorFlow: CPU allocator statistics (peak memory, --profile_steps
+# memory profile) on any x86 CPU, unless the user set TF_ENABLE_ONEDNN_OPTS.
+enable_cpu_memory_statistics()
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("task", None, "LRA task: listops, text, retrieval, image, pathfinder, ...")
 flags.DEFINE_string("attention", "full", "A registered attention name (lra_keras.layers).")
