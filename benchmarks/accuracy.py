@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from lra_keras.onednn import child_environment
+
 LISTOPS_LENGTH = 128
 # Per task: the default training budget.
 TASK_SETUP = {
@@ -121,7 +123,7 @@ def train_one(task: str, attention: str, folder: str, args) -> dict:
 
         shutil.rmtree(model_dir)
     start = time.perf_counter()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = child_environment(TF_CPP_MIN_LOG_LEVEL="2")
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=args.timeout, env=env

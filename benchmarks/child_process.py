@@ -1,10 +1,15 @@
-"""Running one measurement in a child process, so an out-of-memory kill is a result."""
+"""Running one measurement in a child process, so an out-of-memory kill is a result.
+
+Children start with `TF_ENABLE_ONEDNN_OPTS=1` unless the user set it (`lra_keras.onednn`), so
+TensorFlow's CPU allocator keeps the statistics the memory figures read, on any x86 CPU.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
+
+from lra_keras.onednn import child_environment
 
 
 def run_json_child(command: list[str], timeout: float) -> dict:
@@ -15,7 +20,7 @@ def run_json_child(command: list[str], timeout: float) -> dict:
     gives `"failed"` with the last stderr line as `error`; running past `timeout` seconds
     gives `"timeout"`.
     """
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = child_environment(TF_CPP_MIN_LOG_LEVEL="2")
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:

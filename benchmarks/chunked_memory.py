@@ -7,11 +7,14 @@ exceeds `--budget-gib` (full attention at long lengths) is skipped and reported 
 
 Measured: one `tf.function` (graph mode, no XLA) step computing the loss `sum(y^2)` of one
 attention layer (batch 1, 4 heads x 64, model width 256, no masks) and its gradients with
-respect to the input and every weight. Peak memory is TensorFlow's CPU allocator peak
-(`tf.config.experimental.get_memory_info("CPU:0")["peak"]` after `reset_memory_stats`, over
-the timed steps; it includes the layer's weights and inputs), with the process's peak RSS
-growth from just before the first (tracing) step as a cross-check. Time is the median of
-`--repeats` steps after one warm-up step.
+respect to the input and every weight. Peak memory is `lra_keras.profiling.memory`'s reading,
+with its source printed: TensorFlow's CPU allocator peak (source `allocator`:
+`tf.config.experimental.get_memory_info("CPU:0")["peak"]` after `reset_memory_stats`, over
+the timed steps; it includes the layer's weights and inputs), or, where the allocator keeps no
+statistics, the process's peak RSS (source `rss`, with no step-extra figure). The children run
+with `TF_ENABLE_ONEDNN_OPTS=1` unless the user set it, so the CPU allocator keeps statistics on
+any x86 CPU. The process's peak RSS growth from just before the first (tracing) step is a
+cross-check. Time is the median of `--repeats` steps after one warm-up step.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def _measure(variant: str, length: int, chunk: int | None, repeats: int) -> dict
     import tensorflow as tf
 
     from lra_keras.layers import get_attention
+    from lra_keras.profiling.memory import read_peak_memory, reset_peak_memory
 
     kwargs = dict(num_heads=HEADS, key_dim=KEY_DIM, seed=0)
     if chunk is not None:
@@ -59,18 +63,21 @@ def _measure(variant: str, length: int, chunk: int | None, repeats: int) -> dict
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     step(x)[1].numpy()
-    tf.config.experimental.reset_memory_stats("CPU:0")
-    current = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    reset_peak_memory("CPU:0")
+    current = read_peak_memory("CPU:0")["current_bytes"]
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         step(x)[1].numpy()
         times.append(time.perf_counter() - start)
-    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    peak = read_peak_memory("CPU:0")
     rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    extra = None if current is None else (peak["peak_bytes"] - current) / MIB
     return {
-        "tf_peak_mib": peak / MIB,
-        "tf_step_extra_mib": (peak - current) / MIB,
+        "peak_mib": peak["peak_mib"],
+        "memory_source": peak["source"],
+        **({"memory_note": peak["note"]} if peak["note"] else {}),
+        "step_extra_mib": extra,
         "rss_growth_mib": rss_growth / MIB,
         "median_s": float(np.median(times)),
         "times_s": [round(t, 3) for t in times],
@@ -110,7 +117,8 @@ def main(argv=None) -> None:
         f"B={BATCH}, heads={HEADS}x{KEY_DIM}, d_model={MODEL_DIM}, forward+backward, "
         f"graph mode; median of {args.repeats} steps"
     )
-    header = f"{'config':<14}{'L':>7}{'TF peak MiB':>13}{'step extra':>12}{'RSS growth':>12}"
+    header = f"{'config':<14}{'L':>7}{'peak MiB':>10}{'source':>10}{'step extra':>12}"
+    header += f"{'RSS growth':>12}"
     print(header + f"{'median s':>10}  status")
     for length in args.lengths:
         for variant, chunk in CONFIGS:
@@ -124,13 +132,17 @@ def main(argv=None) -> None:
                 row.update(_run_child(variant, length, chunk, args.repeats, args.timeout))
             results.append(row)
             if row["status"] == "ok":
+                extra = row["step_extra_mib"]
                 numbers = (
-                    f"{row['tf_peak_mib']:>13.0f}{row['tf_step_extra_mib']:>12.0f}"
+                    f"{row['peak_mib']:>10.0f}{row['memory_source']:>10}"
+                    f"{'-' if extra is None else f'{extra:.0f}':>12}"
                     f"{row['rss_growth_mib']:>12.0f}{row['median_s']:>10.2f}"
                 )
             else:
-                numbers = f"{'-':>13}{'-':>12}{'-':>12}{'-':>10}"
+                numbers = f"{'-':>10}{'-':>10}{'-':>12}{'-':>12}{'-':>10}"
             print(f"{_label(variant, chunk):<14}{length:>7}{numbers}  {row['status']}", flush=True)
+    for note in sorted({r["memory_note"] for r in results if r.get("memory_note")}):
+        print(f"rss: {note}")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=2)

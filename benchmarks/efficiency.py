@@ -14,6 +14,9 @@ matmul rate, measured in the same run.
 Writes `results/efficiency.json`, `results/efficiency.md` and `results/efficiency.png`.
 `--profile` (alias `--trace_memory`) also records a profiler trace of each run's timed steps
 under `results/traces/` and reports the peak its memory profile shows beside the allocator's.
+Every memory figure names its source (`allocator`, `trace` or `rss`, see
+`lra_keras.profiling`); the children run with `TF_ENABLE_ONEDNN_OPTS=1` unless the user set
+it, so TensorFlow's CPU allocator keeps statistics on any x86 CPU.
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ def _worker_step(args: argparse.Namespace) -> dict:
         try:
             found = profiling.trace_peak_memory(args.trace_dir)
             traced = {"trace_peak_mib": found["peak_mib"], "trace_file": found["file"]}
-            if "note" in found:
+            if found["note"]:
                 traced["trace_note"] = found["note"]
         except (OSError, ValueError, ImportError) as error:
             traced = {"trace_peak_mib": None, "trace_note": f"{type(error).__name__}: {error}"}
@@ -160,6 +163,7 @@ def _worker_step(args: argparse.Namespace) -> dict:
         "steps_per_second": 1.0 / seconds,
         "peak_mib": memory["peak_mib"],
         "memory_source": memory["source"],
+        **({"memory_note": memory["note"]} if memory["note"] else {}),
         "step_gflop": flops / 1e9,
         "gflops_per_second": flops / seconds / 1e9,
         **traced,
@@ -185,8 +189,30 @@ def _label(length: int) -> str:
     return f"{length // 1024}K" if length % 1024 == 0 else str(length)
 
 
+SOURCE_TEXT = {
+    "allocator": "TensorFlow's allocator statistics (`tf.config.experimental.get_memory_info`) "
+    "over the timed steps",
+    "rss": "the child process's peak resident set size (everything the process held, "
+    "TensorFlow runtime included), because TensorFlow's allocator kept no statistics: a CPU "
+    "without oneDNN, e.g. `TF_ENABLE_ONEDNN_OPTS=0`; leave it unset or set it to 1 for "
+    "allocator figures",
+}
+
+
+def _memory_sources(results: list[dict]) -> list[str]:
+    """The sources of the rows' peak MiB, the most common first."""
+    counts: dict[str, int] = {}
+    for r in results:
+        if r.get("status") == "ok" and r.get("peak_mib") is not None:
+            source = r.get("memory_source") or "unknown"
+            counts[source] = counts.get(source, 0) + 1
+    return sorted(counts, key=lambda s: (-counts[s], s != "allocator", s))
+
+
 def _table(results: list[dict], lengths: list[int], args, matmul: dict) -> str:
     by = {(r["attention"], r["length"]): r for r in results}
+    sources = _memory_sources(results)
+    main_source = sources[0] if sources else "allocator"
     names = sorted({r["attention"] for r in results}, key=lambda n: (n != "full", n))
     head = "| attention | " + " | ".join(f"steps/s {_label(n)}" for n in lengths)
     head += " | " + " | ".join(f"peak MiB {_label(n)}" for n in lengths)
@@ -224,10 +250,14 @@ def _table(results: list[dict], lengths: list[int], args, matmul: dict) -> str:
             if r.get("status") != "ok" or r.get("peak_mib") is None:
                 cells.append(r.get("status", "-"))
                 continue
+            source = r.get("memory_source") or "unknown"
             ratio = ""
-            if base.get("status") == "ok" and base.get("peak_mib"):
+            # A ratio of figures from two different sources would mean nothing.
+            same = source == (base.get("memory_source") or "unknown")
+            if base.get("status") == "ok" and base.get("peak_mib") and same:
                 ratio = f" ({r['peak_mib'] / base['peak_mib']:.2f}x)"
-            cells.append(f"{r['peak_mib']:.0f}{ratio}")
+            tag = "" if source == main_source else f" [{source}]"
+            cells.append(f"{r['peak_mib']:.0f}{ratio}{tag}")
         for n in lengths if traced else []:
             r = by.get((name, n), {})
             if r.get("status") != "ok":
@@ -239,12 +269,16 @@ def _table(results: list[dict], lengths: list[int], args, matmul: dict) -> str:
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     out += [
         "",
-        "Peak MiB is `lra_keras.profiling.peak_memory` over the timed steps: the TensorFlow "
-        "allocator's peak, or the process's peak RSS where the allocator keeps no statistics "
-        "(`memory_source` in the JSON). With `--profile` (alias `--trace_memory`), each "
-        "run also records a profiler trace of the timed steps (TensorBoard's Profile tab, under "
-        "`traces/`) and the table adds the peak its memory profile shows "
-        "(`lra_keras.profiling.trace_peak_memory`; `trace_peak_mib` in the JSON).",
+        f"Peak MiB source: `{main_source}`, "
+        f"{SOURCE_TEXT.get(main_source, 'not recorded')}"
+        + "".join(
+            f"; cells marked [{s}]: {SOURCE_TEXT.get(s, 'not recorded')}" for s in sources[1:]
+        )
+        + " (`lra_keras.profiling.peak_memory`; `memory_source` in the JSON). With `--profile` "
+        "(alias `--trace_memory`), each run also records a profiler trace of the timed steps "
+        "(TensorBoard's Profile tab, under `traces/`) and the table adds the peak its memory "
+        "profile shows (source `trace`: `lra_keras.profiling.trace_peak_memory`; "
+        "`trace_peak_mib` in the JSON).",
         "",
         "## FLOPs and achieved rate",
         "",

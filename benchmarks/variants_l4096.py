@@ -11,10 +11,12 @@ attention layer (4 heads x 64, model width 256, no masks, no causal mask) and it
 gradients with respect to the input and every weight. Each variant uses its layer defaults
 (DESIGN.md section 2) except the static needs filled from the length: `image_shape` and
 `axis_shape` (the most square h x w = L grid) and `max_length`. Peak memory is
-`lra_keras.profiling.memory`'s reading: TensorFlow's CPU allocator peak
-(`tf.config.experimental.get_memory_info("CPU:0")["peak"]`, reset after the warm-up step, so
+`lra_keras.profiling.memory`'s reading: TensorFlow's CPU allocator peak (source `allocator`:
+`tf.config.experimental.get_memory_info("CPU:0")["peak"]`, reset after the warm-up step, so
 it covers the timed steps; it includes the layer's weights and inputs) or, where the allocator
-keeps no statistics, the process's peak RSS (the source is printed). Time is the median of
+keeps no statistics, the process's peak RSS (source `rss`); each row prints its source. The
+children run with `TF_ENABLE_ONEDNN_OPTS=1` unless the user set it, so the CPU allocator keeps
+statistics on any x86 CPU. Time is the median of
 `--repeats` steps after one warm-up (tracing) step. Each row also gives the step's analytic
 FLOPs (3x the layer's forward `attention_flops + projection_flops`) and the achieved GFLOP/s,
 beside this machine's float32 matmul rate measured in the same run.
@@ -92,7 +94,7 @@ def _measure(name: str, length: int, batch: int, repeats: int, overrides: dict) 
         return loss, tf.add_n([tf.reduce_sum(g) for g in grads])
 
     step(x)[1].numpy()
-    source = reset_peak_memory("CPU:0")
+    reset_peak_memory("CPU:0")
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -103,7 +105,8 @@ def _measure(name: str, length: int, batch: int, repeats: int, overrides: dict) 
     return {
         "kwargs": {k: v for k, v in kwargs.items() if k not in ("num_heads", "key_dim", "seed")},
         "peak_mib": peak["peak_mib"],
-        "memory_source": source,
+        "memory_source": peak["source"],
+        **({"memory_note": peak["note"]} if peak["note"] else {}),
         "median_s": float(np.median(times)),
         "step_gflop": flops / 1e9,
         "gflops_per_second": flops / float(np.median(times)) / 1e9,
@@ -151,7 +154,7 @@ def main(argv=None) -> None:
         f"float32 matmul {matmul_rate:.0f} GFLOP/s"
     )
     print(
-        f"{'attention':<14}{'peak MiB':>10}{'x full':>8}{'time s':>9}{'x full':>8}"
+        f"{'attention':<14}{'peak MiB':>10}{'source':>10}{'x full':>8}{'time s':>9}{'x full':>8}"
         f"{'GFLOP/s':>9}{'% mm':>6}  kwargs"
     )
     results = {}
@@ -164,17 +167,21 @@ def main(argv=None) -> None:
             print(f"{name:<14}  {res['status']}", flush=True)
             continue
         base = results["full"] if results["full"]["status"] == "ok" else None
-        mem_ratio = res["peak_mib"] / base["peak_mib"] if base else float("nan")
+        # A ratio of figures from two different sources would mean nothing.
+        same = base and base["memory_source"] == res["memory_source"]
+        mem_ratio = res["peak_mib"] / base["peak_mib"] if same else float("nan")
         time_ratio = res["median_s"] / base["median_s"] if base else float("nan")
         res.update(peak_vs_full=mem_ratio, time_vs_full=time_ratio)
         print(
-            f"{name:<14}{res['peak_mib']:>10.0f}{mem_ratio:>8.2f}{res['median_s']:>9.2f}"
+            f"{name:<14}{res['peak_mib']:>10.0f}{res['memory_source']:>10}{mem_ratio:>8.2f}"
+            f"{res['median_s']:>9.2f}"
             f"{time_ratio:>8.2f}{res['gflops_per_second']:>9.0f}"
             f"{100 * res['gflops_per_second'] / matmul_rate:>5.0f}%  {res['kwargs']}",
             flush=True,
         )
-    sources = {r.get("memory_source") for r in results.values() if r["status"] == "ok"}
-    print(f"memory source: {', '.join(sorted(s for s in sources if s))}")
+    notes = {r["memory_note"] for r in results.values() if r.get("memory_note")}
+    for note in sorted(notes):
+        print(f"rss: {note}")
     if args.output:
         with open(args.output, "w") as f:
             summary = {"length": args.length, "batch": args.batch, "matmul": matmul}

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from benchmarks import accuracy, efficiency, relative_attention, variants_l4096
+from benchmarks import accuracy, chunked_memory, efficiency, relative_attention, variants_l4096
 
 
 def fake_args(**kwargs):
@@ -19,13 +19,14 @@ def fake_args(**kwargs):
     return argparse.Namespace(**args)
 
 
-def row(name, length, sps, mib, status="ok"):
+def row(name, length, sps, mib, status="ok", source="allocator"):
     return {
         "attention": name,
         "length": length,
         "status": status,
         "steps_per_second": sps,
         "peak_mib": mib,
+        "memory_source": source,
         "step_gflop": 10.0,
         "gflops_per_second": 100.0,
     }
@@ -48,6 +49,63 @@ def test_table_keeps_out_of_memory_and_failed_rows():
     assert "out of memory" in lines["full"]
     assert "failed" in lines["local"]
     assert "(50%)" in text  # 100 GFLOP/s against a 200 GFLOP/s matmul
+    assert "Peak MiB source: `allocator`, TensorFlow's allocator statistics" in text
+    assert "[rss]" not in text
+
+
+def test_table_says_which_source_each_peak_came_from():
+    results = [
+        row("full", 1024, 2.0, 100.0),
+        row("local", 1024, 5.0, 40.0),
+        row("sparse", 1024, 5.0, 900.0, source="rss"),
+    ]
+    text = efficiency._table(results, [1024], fake_args(), {"matmul_gflops": 1.0})
+    first_table = [line for line in text.split("## FLOPs")[0].splitlines() if "|" in line]
+    cells = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in first_table}
+    assert cells["local"] == "40 (0.40x)"
+    # A figure from another source is marked, and not divided by an allocator figure.
+    assert cells["sparse"] == "900 [rss]"
+    assert "Peak MiB source: `allocator`" in text
+    assert "cells marked [rss]: the child process's peak resident set size" in text
+    assert "TF_ENABLE_ONEDNN_OPTS=0" in text
+    # When every figure is the RSS fallback, the table says so once, without marks.
+    only_rss = [
+        row("full", 1024, 2.0, 800.0, source="rss"),
+        row("local", 1024, 5, 700, source="rss"),
+    ]
+    text = efficiency._table(only_rss, [1024], fake_args(), {"matmul_gflops": 1.0})
+    assert "Peak MiB source: `rss`, the child process's peak resident set size" in text
+    assert "[rss]" not in text and "700 (0.88x)" in text
+
+
+@pytest.mark.parametrize("user_setting", [None, "0"])
+def test_children_run_with_onednn_unless_the_user_chose(monkeypatch, tmp_path, user_setting):
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "placeholder")  # restored afterwards
+    if user_setting is None:
+        monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    else:
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", user_setting)
+    seen = []
+
+    def fake_run(command, **kwargs):
+        seen.append(kwargs["env"])
+        return subprocess.CompletedProcess(command, 0, stdout='{"peak_mib": 1.0}\n', stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    efficiency._run_worker("step", fake_args(), attention="full", length=64)
+    variants_l4096._run_child("full", 64, 1, 1, {}, timeout=5)
+    chunked_memory._run_child("chunked", 64, 16, 1, timeout=5)
+    accuracy.train_one(
+        "listops",
+        "full",
+        str(tmp_path),
+        argparse.Namespace(steps=3, seed=0, timeout=5, out_dir=str(tmp_path)),
+    )
+    assert len(seen) == 4
+    for env in seen:
+        assert env["TF_ENABLE_ONEDNN_OPTS"] == (user_setting or "1")
+        assert env["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ or user_setting is not None
 
 
 def test_table_adds_the_trace_peak_beside_the_allocator_peak():
@@ -216,7 +274,8 @@ def test_efficiency_end_to_end(tmp_path):
     for r in saved["results"]:
         assert r["steps_per_second"] > 0 and r["step_gflop"] > 0
         assert os.path.exists(r["trace_file"])
-        if r["memory_source"] == "tf.config.experimental.get_memory_info":
+        assert r["memory_source"] in ("allocator", "rss")
+        if r["memory_source"] == "allocator":
             # The trace's memory profile and the allocator statistics watch the same
             # allocator over the same steps.
             assert r["trace_peak_mib"] == pytest.approx(r["peak_mib"], rel=0.05)
