@@ -136,6 +136,12 @@ def test_default_cluster_count_and_local_heads():
     np.testing.assert_array_equal(a.centroids.numpy(), b.centroids.numpy())
 
 
+def test_default_flops_grow_as_length_to_the_1_5():
+    layer = RoutingAttention(num_heads=4, key_dim=4)
+    short, long = (layer.attention_flops(2, n, n) for n in (1024, 4096))
+    assert long / short == pytest.approx(8.0, rel=0.05)  # (4x the length)^1.5
+
+
 def routed_members(q, k, mask, mu, w):
     """Unit vectors routed to each centroid over real tokens: sums [R, C, d], counts [R, C]."""
     sums = np.zeros(mu.shape)
@@ -265,7 +271,7 @@ def test_mixed_precision_close_to_float32(policy):
     y = np.asarray(layer(x, x, query_mask=mask, value_mask=mask), np.float32)
     # Routing decisions may flip on near-ties; compare the bulk.
     err = np.linalg.norm(y - y32) / np.linalg.norm(y32)
-    assert err < (0.01 if policy == "mixed_float16" else 0.05), err
+    assert err < (5e-3 if policy == "mixed_float16" else 3e-2), err
 
 
 def test_bad_arguments():
