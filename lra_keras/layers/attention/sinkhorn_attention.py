@@ -55,9 +55,11 @@ class SinkhornAttention(BaseAttention):
     the paper: a two-layer ReLU SortNet per head, Gumbel-Sinkhorn balancing, one joint softmax.
 
     Time is O(L * b * d + nb^2 * b * d): the sorted-block mixing `P . K_blocks` grows as
-    L^2 / b at a fixed block size. Not causal: the paper's causal Sinkhorn balancing (masked
-    rounds over a triangular `R`) was never tested in LRA and is not implemented, so
-    `use_causal_mask=True` raises the capability error. Self-attention only.
+    L^2 / b at a fixed block size. Not causal, and `use_causal_mask=True` raises the capability
+    error: in the paper's causal Sinkhorn balancing (masked rounds over a triangular `R`) each
+    column normalisation still sums over the rows of later blocks, whose logits come from
+    later tokens, so the balanced matrix would carry the future into earlier blocks (LRA's
+    causal path has the same coupling and was never tested). Self-attention only.
 
     Args:
         num_heads: int. Number of attention heads.
