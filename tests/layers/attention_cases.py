@@ -44,8 +44,10 @@ CASES = {
     # The sorted-block mixing P . K_blocks costs nb^2 * b * d = L^2 d / b: quadratic at a
     # fixed block size (at b = 4 it dominates; at the default 64 and L = 4K, a third).
     "sinkhorn": {"kwargs": {"block_size": 4}, "quadratic": True},
-    # C = round(sqrt(L)) clusters of w = L / C: L^1.5 (2.83x per doubling), neither 2x nor 4x.
-    "routing": {"kwargs": {}, "flops_growth": 2.83},
+    # A set cluster count, so that the layer also builds on an unknown length: C clusters (and
+    # local blocks) of w = L / C tokens, L^2 / C pairs. The default C = round(sqrt(L)) grows
+    # as L^1.5 (checked in test_routing_attention.py).
+    "routing": {"kwargs": {"num_clusters": 3}, "quadratic": True},
 }
 
 

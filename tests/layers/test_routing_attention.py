@@ -24,75 +24,126 @@ def unit(x):
 
 
 def numpy_routes(x, mask, mu, w):
-    """[B, H, C, w] top-w positions per centroid (padded positions score -1e9; ties by index)."""
-    x_hat = unit(x)  # [B, L, H, d]
-    scores = np.einsum("blhd,hcd->bhcl", x_hat, mu)
+    """[B, R, C, w] top-w positions per centroid (padded positions score -1e9; ties by index).
+
+    `x` is [B, L, R, d]: the routing heads only.
+    """
+    scores = np.einsum("blhd,hcd->bhcl", unit(x), mu)
     scores = np.where(mask[:, None, None, :], scores, -1e9)
     return np.argsort(-scores, axis=-1, kind="stable")[..., :w]
 
 
-def numpy_routing_attention(q, k, v, mask, mu, w, causal=False):
-    """Per-cluster dense attention, averaged over the clusters each query landed in."""
+def numpy_routing_attention(q, k, v, mask, mu, local_heads, causal=False):
+    """The paper's pattern in dense form, per head.
+
+    Local heads: each query sees the keys of its contiguous block of w = ceil(L / C) tokens.
+    Routing heads: per centroid, its top-w queries see its top-w keys; a query's output is the
+    mean over the clusters where it had an allowed key, and its local-block output when none.
+    Returns the output and the [B, L, R] count of serving clusters.
+    """
     bsz, length, heads, _ = q.shape
-    qi, ki = numpy_routes(q, mask, mu, w), numpy_routes(k, mask, mu, w)
-    total = np.zeros((bsz, length, heads, v.shape[-1]))
-    count = np.zeros((bsz, length, heads))
+    clusters = mu.shape[1]
+    w = -(-length // clusters)
+    i = np.arange(length)
+    base = mask[:, None, None, :] & np.ones((1, 1, length, 1), bool)
+    if causal:
+        base = base & (i[None, :] <= i[:, None])
+    local = dense_attention(q, k, v, base & (i[:, None] // w == i[None, :] // w))
+    out = local.copy()
+    lh = local_heads
+    qi = numpy_routes(q[:, :, lh:], mask, mu, w)
+    ki = numpy_routes(k[:, :, lh:], mask, mu, w)
+    total = np.zeros((bsz, length, heads - lh, v.shape[-1]))
+    count = np.zeros((bsz, length, heads - lh))
     for b in range(bsz):
-        for h in range(heads):
-            for c in range(mu.shape[1]):
+        for r in range(heads - lh):
+            h = lh + r
+            for c in range(clusters):
                 allowed = np.zeros((length, length), bool)
-                members_q, members_k = qi[b, h, c], ki[b, h, c]
-                allowed[np.ix_(members_q, members_k)] = True
-                allowed &= mask[b][None, :]
-                if causal:
-                    allowed &= np.arange(length)[None, :] <= np.arange(length)[:, None]
-                out = dense_attention(
+                allowed[np.ix_(qi[b, r, c], ki[b, r, c])] = True
+                allowed &= base[b, 0]
+                y = dense_attention(
                     q[b : b + 1, :, h : h + 1],
                     k[b : b + 1, :, h : h + 1],
                     v[b : b + 1, :, h : h + 1],
                     allowed,
                 )[0, :, 0]
                 landed = allowed.any(-1)
-                total[b, landed, h] += out[landed]
-                count[b, landed, h] += 1
-    return total / np.maximum(count, 1)[..., None], count
+                total[b, landed, r] += y[landed]
+                count[b, landed, r] += 1
+    routed = count > 0
+    out[:, :, lh:][routed] = (total / np.maximum(count, 1)[..., None])[routed]
+    return out, count
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("length,clusters", [(13, 3), (11, 2), (9, None)])
-def test_matches_numpy_reference(length, clusters, causal):
-    q, k, v = random_qkv(length, seed=1)
+@pytest.mark.parametrize(
+    "length,clusters,heads,local_heads", [(13, 3, 2, None), (11, 2, 3, 2), (9, None, 2, 0)]
+)
+def test_matches_numpy_reference(length, clusters, heads, local_heads, causal):
+    q, k, v = random_qkv(length, heads=heads, seed=1)
     mask = padding_mask(length)
-    layer = RoutingAttention(num_heads=2, key_dim=4, num_clusters=clusters, seed=2)
+    layer = RoutingAttention(
+        num_heads=heads, key_dim=4, num_clusters=clusters, local_heads=local_heads, seed=2
+    )
     y = attend(layer, q, k, v, mask, causal)
     mu = keras.ops.convert_to_numpy(layer.centroids).astype(np.float64)
-    c = mu.shape[1]
-    assert c == (clusters or round(np.sqrt(length)))
-    ref, count = numpy_routing_attention(q, k, v, mask, mu, -(-length // c), causal)
+    lh = heads // 2 if local_heads is None else local_heads
+    assert mu.shape == (heads - lh, clusters or round(np.sqrt(length)), 4)
+    ref, count = numpy_routing_attention(q, k, v, mask, mu, lh, causal)
     np.testing.assert_allclose(y[mask], ref[mask], atol=1e-5)
     if not causal and clusters == 3:
-        # The top-w picks overlap: some queries land in several clusters, some in none (zero).
+        # The top-w picks overlap: some queries land in several clusters, some in none (and
+        # those take the local fallback, so the reference's fallback branch is exercised).
         assert count[mask].max() > 1 and (count[mask] == 0).any()
-        np.testing.assert_array_equal(y[mask][count[mask] == 0], 0.0)
+
+
+@pytest.mark.parametrize("local_heads", [None, 0])
+def test_every_real_token_and_head_is_served(local_heads):
+    # Top-w per centroid leaves about a third of the (token, head) rows unrouted at L = 256
+    # with the default sqrt(L) clusters; none of them may be zero.
+    length, heads = 256, 4
+    q, k, v = random_qkv(length, heads=heads, seed=3)
+    mask = padding_mask(length)
+    layer = RoutingAttention(num_heads=heads, key_dim=4, local_heads=local_heads, seed=4)
+    y = attend(layer, q, k, v, mask)
+    assert layer.centroids.shape[1] == 16
+    zero_rows = np.all(y == 0.0, axis=-1)[mask]  # [real tokens, heads]
+    assert not zero_rows.any(), f"{zero_rows.mean():.1%} of real (token, head) rows are zero"
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_one_cluster_is_full_attention(causal):
-    layer = RoutingAttention(num_heads=2, key_dim=4, num_clusters=1)
+def test_one_cluster_no_local_heads_is_full_attention(causal):
+    layer = RoutingAttention(num_heads=2, key_dim=4, num_clusters=1, local_heads=0)
     assert_layer_equals_full(layer, 11, causal)
 
 
-def test_default_cluster_count():
-    layer = RoutingAttention(num_heads=2, key_dim=4)
+def test_default_cluster_count_and_local_heads():
+    layer = RoutingAttention(num_heads=4, key_dim=4)
     layer.build((1, 30, DIM), (1, 30, DIM))
+    assert layer.local_heads == 2  # The paper's half-local configurations.
     assert tuple(layer.centroids.shape) == (2, 5, 4)
     assert RoutingAttention.default_num_clusters(1) == 1
+    assert RoutingAttention(num_heads=1, key_dim=4).local_heads == 0
     assert not layer.centroids.trainable
     assert all(w.name != "centroids" for w in layer.trainable_weights)
+    # Unit-norm, seeded centroids: the same seed gives the same draw.
+    mu = keras.ops.convert_to_numpy(layer.centroids)
+    np.testing.assert_allclose(np.linalg.norm(mu, axis=-1), 1.0, rtol=1e-5)
+    a, b = (RoutingAttention(num_heads=4, key_dim=4, seed=5) for _ in range(2))
+    for x in (a, b):
+        x.build((1, 30, DIM), (1, 30, DIM))
+    np.testing.assert_array_equal(a.centroids.numpy(), b.centroids.numpy())
+
+
+def test_default_flops_grow_as_length_to_the_1_5():
+    layer = RoutingAttention(num_heads=4, key_dim=4)
+    short, long = (layer.attention_flops(2, n, n) for n in (1024, 4096))
+    assert long / short == pytest.approx(8.0, rel=0.05)  # (4x the length)^1.5
 
 
 def routed_members(q, k, mask, mu, w):
-    """Unit vectors routed to each centroid over real tokens: sums [H, C, d], counts [H, C]."""
+    """Unit vectors routed to each centroid over real tokens: sums [R, C, d], counts [R, C]."""
     sums = np.zeros(mu.shape)
     counts = np.zeros(mu.shape[:2])
     for x in (q, k):
@@ -108,12 +159,17 @@ def routed_members(q, k, mask, mu, w):
 
 
 def test_ema_update_matches_closed_form_and_commitment_loss():
-    length, clusters, decay = 13, 3, 0.9
-    q, k, v = random_qkv(length, seed=3)
+    length, clusters, decay, heads, lh = 13, 3, 0.9, 3, 1
+    q, k, v = random_qkv(length, heads=heads, seed=3)
     mask = padding_mask(length)
     mask[1, 6:] = False  # Fewer real tokens than some clusters' w in the second row.
     layer = RoutingAttention(
-        num_heads=2, key_dim=4, num_clusters=clusters, ema_decay=decay, commitment_weight=0.5
+        num_heads=heads,
+        key_dim=4,
+        num_clusters=clusters,
+        local_heads=lh,
+        ema_decay=decay,
+        commitment_weight=0.5,
     )
     attend(layer, q, k, v, mask)  # Inference: no update, no loss.
     mu0 = keras.ops.convert_to_numpy(layer.centroids).astype(np.float64)
@@ -127,6 +183,7 @@ def test_ema_update_matches_closed_form_and_commitment_loss():
         training=True,
     )
     w = -(-length // clusters)
+    q, k = q[:, :, lh:], k[:, :, lh:]  # Only the routing heads route.
     sums, counts = routed_members(q, k, mask, mu0, w)
     expected = decay * mu0 + (1 - decay) * sums / np.maximum(counts, 1)[..., None]
     expected = np.where(counts[..., None] > 0, expected, mu0)
@@ -137,7 +194,7 @@ def test_ema_update_matches_closed_form_and_commitment_loss():
         index = numpy_routes(x, mask, mu0, w)
         x_hat = unit(x)
         for b in range(2):
-            for h in range(2):
+            for h in range(heads - lh):
                 for c in range(clusters):
                     for i in index[b, h, c]:
                         if mask[b, i]:
@@ -164,9 +221,66 @@ def test_update_ignores_padded_content():
     np.testing.assert_allclose(results[1], results[0], atol=1e-6)
 
 
+def test_unknown_length_equals_static_length():
+    import tensorflow as tf
+
+    length = 13
+    x = np.random.default_rng(1).normal(size=(2, length, DIM)).astype("float32")
+    mask = padding_mask(length)
+    layer = RoutingAttention(num_heads=2, key_dim=4, num_clusters=3, seed=6)
+    seq = keras.Input((None, DIM))
+    pad = keras.Input((None,), dtype="bool")
+    model = keras.Model([seq, pad], layer(seq, seq, query_mask=pad, value_mask=pad))
+    static = RoutingAttention.from_config(layer.get_config())
+    static(x, x)
+    static.set_weights(layer.get_weights())
+    expected = static(x, x, query_mask=mask, value_mask=mask, use_causal_mask=True).numpy()
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec((None, None, DIM), "float32"),
+            tf.TensorSpec((None, None), "bool"),
+        ]
+    )
+    def run(a, m):
+        return layer(a, a, query_mask=m, value_mask=m, use_causal_mask=True)
+
+    np.testing.assert_allclose(run(x, mask).numpy(), expected, atol=1e-5)
+    y = model([x, mask]).numpy()
+    ref = static(x, x, query_mask=mask, value_mask=mask).numpy()
+    np.testing.assert_allclose(y, ref, atol=1e-5)
+    # Another length through the same traced graph.
+    short, short_mask = x[:, :7], mask[:, :7]
+    expected = static(
+        short, short, query_mask=short_mask, value_mask=short_mask, use_causal_mask=True
+    )
+    np.testing.assert_allclose(run(short, short_mask).numpy(), expected.numpy(), atol=1e-5)
+    assert run.experimental_get_tracing_count() == 1  # One trace serves both lengths.
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_close_to_float32(policy):
+    length = 32
+    x = np.random.default_rng(2).normal(size=(2, length, DIM)).astype("float32")
+    mask = padding_mask(length)
+    ref = RoutingAttention(num_heads=2, key_dim=4, num_clusters=4, seed=7)
+    y32 = ref(x, x, query_mask=mask, value_mask=mask).numpy()
+    layer = RoutingAttention(num_heads=2, key_dim=4, num_clusters=4, seed=7, dtype=policy)
+    layer(x, x)
+    layer.set_weights(ref.get_weights())
+    y = np.asarray(layer(x, x, query_mask=mask, value_mask=mask), np.float32)
+    # Routing decisions may flip on near-ties; compare the bulk.
+    err = np.linalg.norm(y - y32) / np.linalg.norm(y32)
+    assert err < (5e-3 if policy == "mixed_float16" else 3e-2), err
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="num_clusters"):
         RoutingAttention(num_heads=2, key_dim=4, num_clusters=0)
+    with pytest.raises(ValueError, match="local_heads"):
+        RoutingAttention(num_heads=2, key_dim=4, local_heads=2)
+    with pytest.raises(ValueError, match="local_heads"):
+        RoutingAttention(num_heads=2, key_dim=4, local_heads=-1)
     with pytest.raises(ValueError, match="ema_decay"):
         RoutingAttention(num_heads=2, key_dim=4, ema_decay=1.0)
     with pytest.raises(ValueError, match="commitment_weight"):
@@ -195,30 +309,31 @@ DISTRIBUTED = textwrap.dedent(
     mask = np.arange(length)[None, :] < np.array([[13], [12], [5], [3]])
 
     def make():
-        layer = RoutingAttention(
-            num_heads=2, key_dim=4, num_clusters=3, ema_decay=0.5, seed=7
+        return RoutingAttention(
+            num_heads=3, key_dim=4, num_clusters=3, ema_decay=0.5, seed=7
         )
-        layer.build((None, length, 8), (None, length, 8))
-        return layer
 
     single = make()
+    single.build((None, length, 8), (None, length, 8))
     start = single.get_weights()
     single(x, x, query_mask=mask, value_mask=mask, training=True)
     expected = single.centroids.numpy()
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        layer = make()
-        layer.set_weights(start)
+        layer = make()  # Not built: it builds lazily inside strategy.run below.
     dataset = tf.data.Dataset.from_tensor_slices((x, mask)).batch(4)
     batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
 
     @tf.function
-    def step(inputs):
+    def step(inputs, training):
         a, m = inputs
-        return layer(a, a, query_mask=m, value_mask=m, training=True)
+        return layer(a, a, query_mask=m, value_mask=m, training=training)
 
-    per_replica = strategy.run(step, args=(batch,))
+    strategy.run(step, args=(batch, False))
+    assert layer.built
+    layer.set_weights(start)
+    per_replica = strategy.run(step, args=(batch, True))
     assert len(strategy.experimental_local_results(per_replica)) == 2
     got = [v.numpy() for v in strategy.experimental_local_results(layer.centroids.value)]
     assert np.abs(expected - start[0]).max() > 1e-3

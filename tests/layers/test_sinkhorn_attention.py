@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from lra_keras.layers import SinkhornAttention
 from tests.layers.reference import dense_attention, padding_allowed
@@ -18,6 +19,37 @@ def sorting_matrix(layer, k, mask, training=False):
         keras.ops.convert_to_tensor(k), keras.ops.convert_to_tensor(mask), training=training
     )
     return keras.ops.convert_to_numpy(p).astype(np.float64)
+
+
+BIAS = keras.initializers.RandomNormal(seed=3)
+
+
+def numpy_sortnet_matrix(layer, k, mask, block, iterations=None):
+    """The paper's sorting matrix, from the layer's SortNet weights, in float64 numpy.
+
+    Block summaries (the mean of each block's real keys) go through the two-layer ReLU
+    SortNet to one logit per block; real blocks sort among themselves, a padded block maps to
+    itself; then `R / temperature` is balanced by rounds of row and column normalisation.
+    """
+    bsz, length, heads, d = k.shape
+    pad = (-length) % block
+    nb = (length + pad) // block
+    keys = np.pad(k * mask[:, :, None, None], ((0, 0), (0, pad), (0, 0), (0, 0)))
+    m = np.pad(mask, ((0, 0), (0, pad))).reshape(bsz, nb, block)
+    summed = keys.reshape(bsz, nb, block, heads, d).sum(2)  # [B, nb, H, d]
+    emb = summed / np.maximum(m.sum(-1), 1)[:, :, None, None]
+    w_p, b_p = (w.numpy().astype(np.float64) for w in layer._sort_hidden.weights)
+    w_b, b_b = (w.numpy().astype(np.float64) for w in layer._sort_logits.weights)
+    hidden = np.maximum(np.einsum("bnhd,hde->bhne", emb, w_p) + b_p.reshape(1, heads, 1, -1), 0)
+    logits = np.einsum("bhne,hej->bhnj", hidden, w_b) + b_b.reshape(1, heads, 1, -1)
+    real = m.any(-1)  # [B, nb]
+    eye = np.eye(nb, dtype=bool)
+    allowed = (real[:, :, None] & real[:, None, :]) | (~real[:, :, None] & eye)
+    r = np.where(allowed[:, None], logits / layer.temperature, -np.inf)
+    for _ in range(iterations or layer.sinkhorn_iterations):
+        r = r - np.log(np.exp(r).sum(-1, keepdims=True))
+        r = r - np.log(np.exp(r).sum(-2, keepdims=True))
+    return np.exp(r)
 
 
 def real_blocks(mask, block):
@@ -132,13 +164,26 @@ def numpy_sinkhorn_attention(q, k, v, mask, p, block, sortcut=None):
     return out.reshape(bsz, nb * block, heads, -1)[:, :length]
 
 
+@pytest.mark.parametrize("length,block", [(13, 4), (21, 4), (12, 3)])
+def test_sorting_matrix_matches_the_papers_sortnet(length, block):
+    _, k, _ = random_qkv(length, seed=7)
+    mask = padding_mask(length)
+    layer = built_layer(length, block_size=block, temperature=0.3, bias_initializer=BIAS)
+    ref = numpy_sortnet_matrix(layer, k, mask, block)
+    np.testing.assert_allclose(sorting_matrix(layer, k, mask), ref, atol=1e-5)
+    # Not uniform mixing: some block takes well over its uniform share of a sorted block.
+    assert ref[0].max() > 1.5 / ref.shape[-1]
+
+
 @pytest.mark.parametrize("sortcut", [None, 1, 2, 9])
 @pytest.mark.parametrize("length,block", [(13, 4), (11, 2)])
-def test_matches_numpy_reference_for_the_layers_sorting_matrix(length, block, sortcut):
+def test_matches_numpy_reference(length, block, sortcut):
     q, k, v = random_qkv(length, seed=6)
     mask = padding_mask(length)
-    layer = built_layer(length, block_size=block, sortcut_blocks=sortcut)
-    p = sorting_matrix(layer, k, mask)
+    layer = built_layer(
+        length, block_size=block, sortcut_blocks=sortcut, temperature=0.3, bias_initializer=BIAS
+    )
+    p = numpy_sortnet_matrix(layer, k, mask, block)
     ref = numpy_sinkhorn_attention(q, k, v, mask, p, block, sortcut)
     np.testing.assert_allclose(attend(layer, q, k, v, mask)[mask], ref[mask], atol=1e-5)
 
@@ -157,17 +202,75 @@ def test_causal_refused_and_bad_arguments():
         SinkhornAttention(num_heads=2, key_dim=4, block_size=4)(x, x, use_causal_mask=True)
 
 
-def test_sort_kernel_gets_gradients():
-    import tensorflow as tf
-
+def test_sortnet_gets_gradients():
     length = 13
     x = np.random.default_rng(0).normal(size=(2, length, DIM)).astype("float32")
     layer = SinkhornAttention(num_heads=2, key_dim=4, block_size=4, seed=1)
     with tf.GradientTape() as tape:
         y = layer(x, x, training=True)
         loss = tf.reduce_sum(y**2)
-    grad = tape.gradient(loss, layer.sort_kernel)
-    assert grad is not None and np.abs(grad.numpy()).max() > 0
+    sortnet = layer._sort_hidden.weights + layer._sort_logits.weights
+    for grad in tape.gradient(loss, sortnet):
+        assert grad is not None and np.abs(grad.numpy()).max() > 0
+
+
+def test_static_length_is_required_and_checked():
+    assert SinkhornAttention.needs_static_length
+    layer = SinkhornAttention(num_heads=2, key_dim=4, block_size=4)
+    with pytest.raises(ValueError, match="SinkhornAttention.*static.*block_size"):
+        layer(keras.Input((None, DIM)), keras.Input((None, DIM)))
+    layer = built_layer(13, block_size=4)
+    assert layer.num_blocks == 4
+    layer(np.zeros((1, 16, DIM), "float32"), np.zeros((1, 16, DIM), "float32"))  # Also 4.
+    x = np.zeros((1, 17, DIM), "float32")
+    with pytest.raises(ValueError, match="built for 4 blocks.*17 gives 5"):
+        layer(x, x)
+
+
+def test_seeded_initializers_give_distinct_weights():
+    layer = SinkhornAttention(
+        num_heads=2,
+        key_dim=4,
+        block_size=4,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=1),
+    )
+    x = np.zeros((1, 16, DIM), "float32")
+    layer(x, x)
+    kernels = [w.numpy().ravel() for w in layer.weights if w.path.endswith("kernel")]
+    assert len(kernels) == 6
+    for i in range(6):
+        for j in range(i + 1, 6):
+            n = min(kernels[i].size, kernels[j].size)
+            assert not np.allclose(kernels[i][:n], kernels[j][:n]), (i, j)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_close_to_float32(policy):
+    length = 16
+    x = np.random.default_rng(2).normal(size=(2, length, DIM)).astype("float32")
+    mask = padding_mask(length)
+    ref = SinkhornAttention(num_heads=2, key_dim=4, block_size=4, seed=1)
+    y32 = ref(x, x, query_mask=mask, value_mask=mask).numpy()
+    layer = SinkhornAttention(num_heads=2, key_dim=4, block_size=4, seed=1, dtype=policy)
+    layer(x, x)
+    layer.set_weights(ref.get_weights())
+    y = np.asarray(layer(x, x, query_mask=mask, value_mask=mask), np.float32)
+    err = np.linalg.norm(y - y32) / np.linalg.norm(y32)
+    assert err < (5e-3 if policy == "mixed_float16" else 3e-2), err
+
+
+def test_builds_lazily_inside_strategy_run():
+    x = np.random.default_rng(3).normal(size=(2, 13, DIM)).astype("float32")
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        layer = SinkhornAttention(num_heads=2, key_dim=4, block_size=4, seed=1)
+    y = strategy.run(tf.function(lambda a: layer(a, a, training=True)), args=(x,))
+    assert layer.built and np.all(np.isfinite(y.numpy()))
+    np.testing.assert_allclose(
+        strategy.run(tf.function(lambda a: layer(a, a)), args=(x,)).numpy(),
+        layer(x, x).numpy(),
+        atol=1e-5,
+    )
 
 
 def test_columns_are_exactly_normalised_even_for_large_logits():

@@ -15,27 +15,30 @@ from lra_keras.layers.attention.registry import register_attention
 @register_attention("sinkhorn")
 @keras.saving.register_keras_serializable(package="lra_keras")
 class SinkhornAttention(BaseAttention):
-    """Sparse Sinkhorn attention: blocks of keys are softly sorted by a learned Sinkhorn
-    balanced matrix, and each query block attends with one softmax over the keys of its sorted
-    block and of its own block.
+    """Sparse Sinkhorn attention: blocks of keys are softly sorted by a Sinkhorn-balanced
+    matrix that a learned sort network (SortNet) makes from block summaries, and each query
+    block attends with one softmax over the keys of its sorted block and of its own block.
 
     The sequence is cut into `nb = ceil(L / block_size)` contiguous blocks (the last one padded
-    internally). For each head:
+    internally); nb is fixed at build, so the length must be static (`needs_static_length`).
+    For each head:
 
-    1. Block embeddings `e_i`: the mean of the keys of block i over its real tokens (their
+    1. Block summaries `e_i`: the mean of the keys of block i over its real tokens (their
        masked sum divided by their count; padded keys and values are zeroed before anything
-       mixes blocks). The mean rather than the paper's plain sum keeps the sort logits from
-       growing as block_size^2, so that the Sinkhorn rounds still balance `P` at b = 64.
-    2. Sort network (length independent, so no static length is needed):
-       `R[i, j] = (W e_i) . e_j / sqrt(key_dim)` with a learned `[heads, key_dim, key_dim]`
-       kernel `sort_kernel`. Only pairs of real blocks (blocks with at least one real token)
-       are allowed; a fully padded block is mapped to itself, so `P` is doubly stochastic over
-       all blocks and over the real blocks alone.
+       mixes blocks). The paper sums; the mean keeps the summary's scale independent of the
+       block size and of the padding.
+    2. SortNet (the paper's `P(psi(X))`): a two-layer network per head,
+       `R_i = W_B relu(W_P e_i + b_P) + b_B`, maps each block's summary to `nb` sort logits,
+       one per block: row i says which blocks sorted block i gathers. The weights are the
+       `sort_hidden` (`[heads, key_dim, key_dim]`) and `sort_logits` (`[heads, key_dim, nb]`)
+       sublayers, computed in float32. Only pairs of real blocks (blocks with at least one
+       real token) are allowed; a fully padded block is mapped to itself, so `P` is doubly
+       stochastic over all blocks and over the real blocks alone.
     3. In training, Gumbel noise (from `seed_generator`) is added to `R`; then `R / temperature`
        is balanced in log space by `sinkhorn_iterations` rounds of row then column
        log-sum-exp normalisation, and `P = exp(R)`. Columns then sum to 1 exactly and rows
        approximately: the larger the spread of the logits (small temperature), the more rounds
-       rows need (a few rounds leave rows off by ~1e-1 at logit spreads of ~30).
+       rows need.
     4. Sorted blocks `K_s = P . K_blocks`, `V_s = P . V_blocks`; a sorted key position counts as
        real when `P . key_mask_blocks > 0.5` (more than half of its mass comes from real
        tokens).
@@ -44,9 +47,19 @@ class SinkhornAttention(BaseAttention):
        `[sorted blocks 0..n-1 (concatenated, n * block_size keys), own block]` instead of its own
        sorted block; `n` is capped at the number of blocks.
 
+    How it differs from the LRA code (`sinkhorn_attention.py`): LRA sums the keys of each
+    block and maps them with ONE dense layer (shared by the heads) to `max_num_blocks = 25`
+    logits sliced to nb; by default it normalises `R` with a row softmax only (no Sinkhorn
+    rounds, no Gumbel noise; its "sinkhorn" option runs one round at temperature 1, clipped),
+    and it sums two separate softmaxes over the sorted and the own block. This layer follows
+    the paper: a two-layer ReLU SortNet per head, Gumbel-Sinkhorn balancing, one joint softmax.
+
     Time is O(L * b * d + nb^2 * b * d): the sorted-block mixing `P . K_blocks` grows as
-    L^2 / b at a fixed block size. Not causal (the LRA reference never tested causal Sinkhorn);
-    self-attention only.
+    L^2 / b at a fixed block size. Not causal, and `use_causal_mask=True` raises the capability
+    error: in the paper's causal Sinkhorn balancing (masked rounds over a triangular `R`) each
+    column normalisation still sums over the rows of later blocks, whose logits come from
+    later tokens, so the balanced matrix would carry the future into earlier blocks (LRA's
+    causal path has the same coupling and was never tested). Self-attention only.
 
     Args:
         num_heads: int. Number of attention heads.
@@ -61,15 +74,16 @@ class SinkhornAttention(BaseAttention):
 
     Call arguments:
         query, value, key, query_mask, value_mask, key_mask, training: as `BaseAttention`.
-        `use_causal_mask=True` is refused. `training=True` adds the Gumbel noise.
+        `use_causal_mask=True` is refused. `training=True` adds the Gumbel noise. The length
+        must give the block count the layer was built with.
 
     Returns:
         `[batch, L, output_dim]`, zero at padded query positions.
 
-    Masking: padded keys and values are zeroed before the block sums and the sorting, padded
-    blocks take no part in the sort, padded own-block keys and sorted keys with less than half
-    real mass get a -1e9 bias in the float32 softmax; padded query rows are zero. Attention
-    dropout applies to the [sorted, own] probabilities.
+    Masking: padded keys and values are zeroed before the block summaries and the sorting,
+    padded blocks take no part in the sort, padded own-block keys and sorted keys with less
+    than half real mass get a -1e9 bias in the float32 softmax; padded query rows are zero.
+    Attention dropout applies to the [sorted, own] probabilities.
 
     Example:
 
@@ -87,7 +101,7 @@ class SinkhornAttention(BaseAttention):
     supports_causal = False
     strictly_causal = False
     supports_cross_attention = False
-    needs_static_length = False
+    needs_static_length = True
 
     def __init__(
         self,
@@ -114,21 +128,45 @@ class SinkhornAttention(BaseAttention):
         self.temperature = float(temperature)
 
     def _build_variant(self, query_shape, value_shape):
-        self.sort_kernel = self.add_weight(
-            name="sort_kernel",
-            shape=(self.num_heads, self.key_dim, self.key_dim),
-            dtype="float32",
-            initializer=keras.initializers.RandomNormal(
-                stddev=1.0 / math.sqrt(self.key_dim), seed=self.seed
-            ),
-            trainable=True,
-            autocast=False,
+        length = query_shape[1]
+        if length is None:
+            raise ValueError(
+                "SinkhornAttention needs a static sequence length at build: its SortNet maps "
+                "each block to one logit per block, nb = ceil(L / block_size) (block_size="
+                f"{self.block_size}); got query shape {tuple(query_shape)}. Give the input a "
+                "fixed length, e.g. keras.Input((L, dim))."
+            )
+        self.num_blocks = self._num_blocks_for(int(length))
+        kwargs = self._sublayer_kwargs()
+        kwargs["dtype"] = "float32"  # Sort logits feed exp and log-sum-exp: float32.
+        self._sort_hidden = keras.layers.EinsumDense(
+            "bhnd,hde->bhne",
+            output_shape=(self.num_heads, None, self.key_dim),
+            bias_axes="he",
+            activation="relu",
+            name="sort_hidden",
+            **kwargs,
         )
+        summary_shape = (query_shape[0], self.num_heads, self.num_blocks, self.key_dim)
+        self._sort_hidden.build(summary_shape)
+        kwargs = self._sublayer_kwargs()
+        kwargs["dtype"] = "float32"
+        self._sort_logits = keras.layers.EinsumDense(
+            "bhne,hej->bhnj",
+            output_shape=(self.num_heads, None, self.num_blocks),
+            bias_axes="hj",
+            name="sort_logits",
+            **kwargs,
+        )
+        self._sort_logits.build(summary_shape)
 
     # ----------------------------------------------------------------- pieces
 
     def _block_size(self, length: int) -> int:
         return min(self.block_size, length)
+
+    def _num_blocks_for(self, length: int) -> int:
+        return -(-length // self._block_size(length))
 
     def _blocks(self, k, v, key_mask, length: int):
         """Keys and values zeroed at padded positions, in blocks `[B, H, nb, b, d]`."""
@@ -140,6 +178,15 @@ class SinkhornAttention(BaseAttention):
         mb = attention_utils.to_blocks(key_mask, b, axis=1, value=False)  # [B, nb, b]
         return kb, vb, mb
 
+    def _check_num_blocks(self, length: int):
+        if self._num_blocks_for(length) != self.num_blocks:
+            raise ValueError(
+                f"SinkhornAttention was built for {self.num_blocks} blocks of block_size="
+                f"{self.block_size} (its SortNet has one logit per block), but a length of "
+                f"{length} gives {self._num_blocks_for(length)}; call it at the length it was "
+                "built for."
+            )
+
     def _sorting_matrix(self, k, key_mask, training=False):
         """The Sinkhorn-balanced sorting matrix `P`, float32 `[B, H, nb, nb]`.
 
@@ -148,13 +195,11 @@ class SinkhornAttention(BaseAttention):
         block maps to itself.
         """
         length = attention_utils.static_length(k, 1, "SinkhornAttention")
+        self._check_num_blocks(length)
         kb, _, mb = self._blocks(k, k, key_mask, length)
-        # Mean over the real tokens (the masked sum / count): the logits then do not grow as
-        # b^2, which would make 7 Sinkhorn rounds far from balanced at b = 64.
         count = ops.maximum(ops.sum(ops.cast(mb, "float32"), axis=-1), 1.0)  # [B, nb]
         emb = ops.sum(attention_utils.to_float32(kb), axis=3) / count[:, None, :, None]
-        projected = ops.einsum("bhid,hde->bhie", emb, ops.cast(self.sort_kernel, "float32"))
-        logits = ops.einsum("bhie,bhje->bhij", projected, emb) / math.sqrt(self.key_dim)
+        logits = self._sort_logits(self._sort_hidden(emb))  # [B, H, nb, nb], float32
         real = ops.any(mb, axis=-1)  # [B, nb]
         nb = int(real.shape[1])
         allowed = ops.logical_or(
@@ -219,7 +264,7 @@ class SinkhornAttention(BaseAttention):
         return self._attend_sorted(q, k, v, key_mask, permutation, training=training)
 
     def attention_flops(self, batch, query_length, key_length, causal=False):
-        """[sorted, own] attention, the sort network and the sorted-block mixing `P . K, P . V`.
+        """[sorted, own] attention, the SortNet and the sorted-block mixing `P . K, P . V`.
 
         The mixing costs nb^2 * b * (dk + dv) per head, i.e. L^2 / b: quadratic at a fixed
         block size (it dominates once nb > ~2b). Sinkhorn's element-wise rounds are not counted.
@@ -229,7 +274,7 @@ class SinkhornAttention(BaseAttention):
         h, dk, dv = self.num_heads, self.key_dim, self.value_dim
         keys = b + (b if self.sortcut_blocks is None else min(self.sortcut_blocks, nb) * b)
         attend = self._pair_flops(batch, nb * b, keys)
-        sort_net = 2 * batch * h * (nb * dk * dk + nb * nb * dk)
+        sort_net = 2 * batch * h * (nb * dk * dk + nb * dk * nb)
         mixing = 2 * batch * h * nb * nb * b * (dk + dv)
         return int(attend + sort_net + mixing)
 
