@@ -27,7 +27,7 @@ from lra_keras.data.tasks import (
     PATHFINDER_RESOLUTION,
     SPLITS,
     DataNotFoundError,
-    check_task,
+    check_preparable,
 )
 from lra_keras.errors import UserError
 
@@ -174,7 +174,8 @@ def _check_image(path: str, resolution: int) -> None:
         with Image.open(path) as image:
             image.load()
             kind, size = image.format, image.size
-    except (OSError, SyntaxError, ValueError) as err:  # Pillow's errors for bad image data
+    # Pillow raises many types for bad data (OSError, SyntaxError, DecompressionBombError...).
+    except Exception as err:
         raise UserError(f"Bad Pathfinder image {path}: {err}.") from err
     if kind != "PNG" or size != (resolution, resolution):
         raise UserError(
@@ -192,10 +193,8 @@ def _builder(task: str, data_dir: str, **options):
     if task in PATHFINDER_RESOLUTION:
         config = f"{PATHFINDER_RESOLUTION[task]}_{options.get('difficulty', 'hard')}"
         return LraPathfinder(config=config, data_dir=tfds_dir)
-    raise UserError(
-        f"`prepare` supports listops, retrieval and the pathfinder tasks, got {task!r} "
-        "(text and image are TFDS data sets already)."
-    )
+    check_preparable(task)
+    raise AssertionError(f"no builder for {task!r}")
 
 
 def _sources(task: str, data_dir: str, **options) -> dict[str, str]:
@@ -270,7 +269,7 @@ def prepare(task: str, data_dir: str, manual_dir: str | None = None, **options) 
     Records made from the same files are kept; records made from other files are rebuilt.
     Every line and image is checked, and a bad one raises a UserError naming its file.
     """
-    check_task(task)
+    check_preparable(task)
     builder = _builder(task, data_dir, **options)
     source_dir = manual_dir or data_dir
     # Resolving the files first names a missing or empty one before TFDS starts.

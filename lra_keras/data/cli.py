@@ -16,7 +16,7 @@ import time
 
 from absl import app, flags
 
-from lra_keras.data.tasks import DIFFICULTY_DIRS, TASKS
+from lra_keras.data.tasks import DIFFICULTY_DIRS, TASKS, check_preparable
 from lra_keras.errors import UserError, run_cli
 
 COMMANDS = ("listops", "pathfinder", "prepare")
@@ -111,10 +111,11 @@ def _main(argv: list[str]) -> None:
             f"({FLAGS.num_images / elapsed:.1f} images/s)"
         )
     else:
-        from lra_keras.data.builders import prepare
-
         _need("task")
         _need("data_dir")
+        check_preparable(FLAGS.task)  # before TensorFlow loads
+        from lra_keras.data.builders import prepare
+
         options = {"difficulty": FLAGS.difficulty} if FLAGS.task.startswith("path") else {}
         path = prepare(FLAGS.task, FLAGS.data_dir, **options)
         print(f"Prepared {FLAGS.task} records in {path} in {time.perf_counter() - start:.1f}s")

@@ -69,6 +69,17 @@ def check_difficulty(difficulty: str) -> str:
     return difficulty
 
 
+def check_preparable(task: str) -> str:
+    """`lra-data prepare` writes records for the release-file tasks; TFDS ones have theirs."""
+    check_task(task)
+    if task in ("text", "image"):
+        raise UserError(
+            f"`prepare` supports listops, retrieval and the pathfinder tasks, got {task!r} "
+            "(text and image are TFDS data sets already)."
+        )
+    return task
+
+
 def find_first(candidates: list[str], what: str, how: str) -> str:
     """Returns the first existing path among `candidates` or raises a `DataNotFoundError`."""
     for path in candidates:
