@@ -13,6 +13,7 @@ were deleted are still read (the records alone suffice).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -242,25 +243,39 @@ def _changed_sources(records_dir: str, sources: dict[str, str]) -> list[str]:
     """The sources that differ from those the records in `records_dir` were made from.
 
     Sources deleted since are not changes. Equal size and time mean unchanged; equal size and
-    another time (a copied folder) are compared by content.
+    another time (a copied folder) are compared by content, and a match records the new time
+    so that the next check is cheap again.
     """
     if not sources:
         return []
+    manifest = os.path.join(records_dir, MANIFEST)
     try:
-        with open(os.path.join(records_dir, MANIFEST)) as f:
+        with open(manifest) as f:
             recorded = json.load(f)["sources"]
     except (OSError, ValueError, KeyError):
         return ["(no record of the files these records were made from)"]
-    changed = []
+    changed, retimed = [], {}
     for name, path in sorted(sources.items()):
         before = recorded.get(name)
         now = _fingerprint(path, with_digest=False)
         same = before is not None and before["size"] == now["size"]
         if same and before["mtime_ns"] != now["mtime_ns"]:
             same = before["sha256"] == _digest(path)
+            retimed[name] = {**before, "mtime_ns": now["mtime_ns"]}
         if not same:
             changed.append(path)
+    if retimed and not changed:
+        # A read-only copy keeps the old times: the next load compares the contents again.
+        with contextlib.suppress(OSError):
+            _write_manifest(records_dir, {**recorded, **retimed})
     return changed
+
+
+def _write_manifest(records_dir: str, sources: dict) -> None:
+    temporary = os.path.join(records_dir, f".{MANIFEST}.{os.getpid()}")
+    with open(temporary, "w") as f:
+        json.dump({"sources": sources}, f, indent=1)
+    os.replace(temporary, os.path.join(records_dir, MANIFEST))  # readers never see half a file
 
 
 def prepare(task: str, data_dir: str, manual_dir: str | None = None, **options) -> str:
@@ -289,8 +304,7 @@ def prepare(task: str, data_dir: str, manual_dir: str | None = None, **options) 
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=source_dir, download_mode=mode)
     )
-    with open(os.path.join(str(builder.data_dir), MANIFEST), "w") as f:
-        json.dump({"sources": manifest}, f, indent=1)
+    _write_manifest(str(builder.data_dir), manifest)
     return str(builder.data_dir)
 
 

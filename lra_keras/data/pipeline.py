@@ -64,6 +64,15 @@ def load(
 
     Returns:
         A `tf.data.Dataset` of `(features, label)` batches (not repeated).
+
+    Raises:
+        UserError (a ValueError): a bad argument; a split with fewer examples than one batch
+            (train) or none (validation, test), naming the file; prepared records whose
+            release files changed since `lra-data prepare` (rerun it); a Pathfinder metadata row
+            whose image path leaves the data folder. A missing data set raises its subclass
+            `DataNotFoundError` (also a FileNotFoundError), which says what file is expected
+            where and how to generate or fetch it. A malformed line or image raises
+            `tf.errors.InvalidArgumentError` when it is read, naming the file (and line).
     """
     check_task(task)
     check_split(split)

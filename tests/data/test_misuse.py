@@ -130,6 +130,8 @@ def test_prepared_records_follow_their_sources(tmp_path):
     for name in ("basic_train.tsv", "basic_val.tsv", "basic_test.tsv"):
         os.utime(copy / name, ns=(1, 1))
     assert labels("listops", "test", copy)[0] == 2
+    manifest = Path(copy / os.path.relpath(records, data) / "lra_sources.json").read_text()
+    assert '"mtime_ns": 1' in manifest  # matched by content once, by time from then on
     stamp = os.stat(os.path.join(records, "lra_sources.json")).st_mtime_ns
     assert prepare("listops", str(data)) == records
     assert os.stat(os.path.join(records, "lra_sources.json")).st_mtime_ns == stamp
