@@ -188,6 +188,7 @@ def test_cli_pathfinder_and_prepare_refuse_nonsense(tmp_path):
     assert_one_line_error(lra_data("listops", "--num_train", "abc"), "num_train")
 
 
+@pytest.mark.slow  # a subprocess that imports TensorFlow
 def test_cli_prepare_names_file_and_line(tmp_path, listops_dir):
     data = copy_listops(listops_dir, tmp_path / "d")
     replace_line(data / "basic_val.tsv", 3, b"( [MAX 2 3 ] )\t3.5")
