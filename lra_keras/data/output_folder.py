@@ -39,13 +39,13 @@ def check_output(path: str, overwrite: bool) -> bool:
     Generators call it before their slow work, so a refusal comes at once.
     """
     if os.path.lexists(path) and not os.path.isdir(path):
-        raise UserError(f"--out {path} exists and is not a folder; choose a folder.")
+        raise UserError(f"The output path {path} exists and is not a folder; choose a folder.")
     if not os.path.isdir(path) or not os.listdir(path):
         return False
     if not overwrite:
         raise UserError(
-            f"--out {path} is not empty; choose an empty or new folder, or pass --overwrite "
-            "(overwrite=True) to replace a folder that lra-data generated."
+            f"The output folder {path} is not empty; choose an empty or new folder, or pass "
+            "--overwrite (overwrite=True) to replace a folder that lra-data generated."
         )
     _check_replaceable(path)
     return True
@@ -60,18 +60,20 @@ def finish_output(path: str) -> None:
 
 def _check_replaceable(path: str) -> None:
     if os.path.islink(path):
-        raise UserError(f"--out {path} is a link; refusing to replace it. Choose another folder.")
+        raise UserError(
+            f"The output folder {path} is a link; refusing to replace it. Choose another folder."
+        )
     if not os.path.isfile(os.path.join(path, MARKER)):
         raise UserError(
-            f"--out {path} holds files that lra-data did not generate (no {MARKER} marker); "
-            "refusing to delete it. Choose another folder, or remove it yourself."
+            f"The output folder {path} holds files that lra-data did not generate (no {MARKER} "
+            "marker); refusing to delete it. Choose another folder, or remove it yourself."
         )
     here = os.path.realpath(os.getcwd())
     target = os.path.realpath(path)
     if os.path.commonpath([here, target]) == target:
         raise UserError(
-            f"--out {path} holds the working directory; refusing to delete it. Run from "
-            "elsewhere or choose another folder."
+            f"The output folder {path} holds the working directory; refusing to delete it. Run "
+            "from elsewhere or choose another folder."
         )
 
 
