@@ -71,6 +71,7 @@ def generate(task: str, data_dir: str, args) -> str:
             seed=args.seed,
             min_length=10,
             max_length=120,
+            overwrite=True,  # a folder an interrupted run left (no .complete) is replaced
         )
     else:
         from lra_keras.data import write_pathfinder
@@ -82,6 +83,7 @@ def generate(task: str, data_dir: str, args) -> str:
             num_images=args.pathfinder_images,
             seed=args.seed,
             workers=2,
+            overwrite=True,
         )
     open(done, "w").close()
     return folder

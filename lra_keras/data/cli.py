@@ -1,19 +1,23 @@
 """`lra-data`: generate ListOps / Pathfinder in the LRA release format, prepare TFRecords.
 
 lra-data listops --out DIR [--num_train 96000 --num_val 2000 --num_test 2000 --seed 0
-                            --min_length 500 --max_length 2000]
+                            --min_length 500 --max_length 2000] [--overwrite]
 lra-data pathfinder --out DIR --resolution {32,64,128,256} --difficulty {easy,intermediate,hard}
-                    --num_images N [--seed 0 --workers 1]
+                    --num_images N [--seed 0 --workers 1] [--overwrite]
 lra-data prepare --task T --data_dir D [--difficulty hard]
+
+A user error (a bad flag, a bad or missing file) prints one line and exits with status 2.
 """
 
 from __future__ import annotations
 
+import errno
 import time
 
 from absl import app, flags
 
-from lra_keras.data.tasks import DIFFICULTY_DIRS, TASKS
+from lra_keras.data.tasks import DIFFICULTY_DIRS, TASKS, check_preparable
+from lra_keras.errors import UserError, run_cli
 
 COMMANDS = ("listops", "pathfinder", "prepare")
 
@@ -33,11 +37,39 @@ flags.DEFINE_integer("workers", 1, "Pathfinder worker processes (output does not
 flags.DEFINE_integer("images_per_folder", 1000, "Pathfinder images per imgs/<k> folder.")
 flags.DEFINE_enum("task", None, list(TASKS), "prepare: the task.")
 flags.DEFINE_string("data_dir", None, "prepare: folder with the release files.")
+flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "listops, pathfinder: replace a non-empty output folder that lra-data generated before "
+    "(never another folder).",
+)
 
 FLAGS = flags.FLAGS
 
 
+# Failures of the file system that the user can fix (a path, permissions, space).
+_USER_ERRNOS = {
+    errno.EACCES,
+    errno.EEXIST,
+    errno.ENOENT,
+    errno.ENOSPC,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EROFS,
+    errno.EPERM,
+}
+
+
 def main(argv: list[str]) -> None:
+    try:
+        _main(argv)
+    except OSError as err:
+        if err.errno not in _USER_ERRNOS:
+            raise
+        raise UserError(f"{err.strerror}: {err.filename}") from err
+
+
+def _main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"Expected one command, one of {', '.join(COMMANDS)}; got {argv[1:]}.")
     command = argv[1]
@@ -56,6 +88,7 @@ def main(argv: list[str]) -> None:
             max_length=FLAGS.max_length,
             max_depth=FLAGS.max_depth,
             max_args=FLAGS.max_args,
+            overwrite=FLAGS.overwrite,
         )
         print(f"Wrote {', '.join(paths.values())} in {time.perf_counter() - start:.1f}s")
     elif command == "pathfinder":
@@ -70,6 +103,7 @@ def main(argv: list[str]) -> None:
             seed=FLAGS.seed,
             workers=FLAGS.workers,
             images_per_folder=FLAGS.images_per_folder,
+            overwrite=FLAGS.overwrite,
         )
         elapsed = time.perf_counter() - start
         print(
@@ -77,10 +111,11 @@ def main(argv: list[str]) -> None:
             f"({FLAGS.num_images / elapsed:.1f} images/s)"
         )
     else:
-        from lra_keras.data.builders import prepare
-
         _need("task")
         _need("data_dir")
+        check_preparable(FLAGS.task)  # before TensorFlow loads
+        from lra_keras.data.builders import prepare
+
         options = {"difficulty": FLAGS.difficulty} if FLAGS.task.startswith("path") else {}
         path = prepare(FLAGS.task, FLAGS.data_dir, **options)
         print(f"Prepared {FLAGS.task} records in {path} in {time.perf_counter() - start:.1f}s")
@@ -92,7 +127,7 @@ def _need(name: str) -> None:
 
 
 def run() -> None:
-    app.run(main)
+    run_cli(main, "lra-data")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ import os
 import random
 import statistics
 
+from lra_keras.data.output_folder import check_output, claim_output, finish_output
+from lra_keras.errors import UserError
+
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
 
@@ -33,6 +36,25 @@ def _apply(op: str, values: list[int]) -> int:
         # np.median then int(): the mean of the two middle values, truncated.
         return int(statistics.median(values))
     return sum(values) % 10
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{name} must be an int >= {minimum}, got {value!r}.")
+
+
+def _check_generator_arguments(seed, min_length, max_length, max_depth, max_args) -> None:
+    _check_int("seed", seed, 0)
+    _check_int("min_length", min_length, 0)
+    _check_int("max_length", max_length, 2)
+    _check_int("max_depth", max_depth, 1)
+    _check_int("max_args", max_args, 2)
+    if min_length >= max_length - 1:
+        # Lengths are strictly between the bounds, so some integer must fit.
+        raise UserError(
+            f"Expected min_length < max_length - 1 (lengths lie strictly between them), got "
+            f"min_length={min_length}, max_length={max_length}."
+        )
 
 
 def _tree(rng: random.Random, depth: int, max_depth: int, max_args: int, budget: list[int]):
@@ -82,15 +104,8 @@ def generate_listops(
         A list of `(source, target)`; `source` is the release's string form, e.g.
         `"( ( ( [MAX 2 ) 9 ) ] )"`, and `target` the value in 0-9.
     """
-    if num_examples < 0:
-        raise ValueError(f"num_examples must be >= 0, got {num_examples}.")
-    if max_args < 2:
-        raise ValueError(f"max_args must be >= 2, got {max_args}.")
-    if not 0 <= min_length < max_length - 1:
-        raise ValueError(
-            f"Expected 0 <= min_length < max_length - 1, got min_length={min_length}, "
-            f"max_length={max_length}."
-        )
+    _check_int("num_examples", num_examples, 0)
+    _check_generator_arguments(seed, min_length, max_length, max_depth, max_args)
     rng = random.Random(seed)
     seen: dict[str, int] = {}
     attempts = 0
@@ -98,7 +113,7 @@ def generate_listops(
     while len(seen) < num_examples:
         attempts += 1
         if attempts > limit:
-            raise RuntimeError(
+            raise UserError(
                 f"Generated only {len(seen)} of {num_examples} distinct examples with "
                 f"min_length={min_length}, max_length={max_length} after {limit} trees; "
                 "widen the length bounds."
@@ -127,13 +142,21 @@ def write_listops(
     max_depth: int = 10,
     max_args: int = 10,
     task_name: str = "basic",
+    overwrite: bool = False,
 ) -> dict[str, str]:
     """Writes `<out_dir>/<task_name>_{train,val,test}.tsv` in the LRA release format.
 
     The files are tab separated with the header `Source\\tTarget`; the first `num_train`
     examples go to train, the next `num_val` to val and the last `num_test` to test, so no
-    expression appears in two splits. Returns the paths by file split name.
+    expression appears in two splits. `out_dir` must be empty or new; with `overwrite`, a
+    folder an earlier `write_listops` generated (it carries the `.lra_data.json` marker) is
+    replaced whole, and any other non-empty folder is refused. Returns the paths by file split
+    name.
     """
+    for name, count in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
+        _check_int(name, count, 1)
+    _check_generator_arguments(seed, min_length, max_length, max_depth, max_args)
+    check_output(out_dir, overwrite)
     examples = generate_listops(
         num_train + num_val + num_test,
         seed=seed,
@@ -142,7 +165,19 @@ def write_listops(
         max_depth=max_depth,
         max_args=max_args,
     )
-    os.makedirs(out_dir, exist_ok=True)
+    arguments = dict(
+        num_train=num_train,
+        num_val=num_val,
+        num_test=num_test,
+        seed=seed,
+        min_length=min_length,
+        max_length=max_length,
+        max_depth=max_depth,
+        max_args=max_args,
+        task_name=task_name,
+    )
+    # Generated before the folder is claimed: a failure leaves the old data in place.
+    claim_output(out_dir, overwrite, "lra-data listops", arguments)
     bounds = {
         "train": (0, num_train),
         "val": (num_train, num_train + num_val),
@@ -156,4 +191,5 @@ def write_listops(
             writer.writerow(["Source", "Target"])
             writer.writerows(examples[lo:hi])
         paths[name] = path
+    finish_output(out_dir)
     return paths

@@ -29,7 +29,9 @@ import os
 import numpy as np
 from PIL import Image
 
+from lra_keras.data.output_folder import check_output, claim_output, finish_output
 from lra_keras.data.tasks import DIFFICULTY_DIRS
+from lra_keras.errors import UserError
 
 DIFFICULTY_CONTOUR_LENGTH = {"easy": 6, "intermediate": 9, "hard": 14}
 
@@ -96,9 +98,9 @@ _MAX_BACKTRACK = 10
 def pathfinder_params(resolution: int, difficulty: str = "hard") -> dict:
     """The generator parameters for one resolution (32, 64, 128, 256) and difficulty."""
     if resolution not in _PARAMS:
-        raise ValueError(f"resolution must be one of {sorted(_PARAMS)}, got {resolution!r}.")
+        raise UserError(f"resolution must be one of {sorted(_PARAMS)}, got {resolution!r}.")
     if difficulty not in DIFFICULTY_CONTOUR_LENGTH:
-        raise ValueError(
+        raise UserError(
             f"difficulty must be one of {list(DIFFICULTY_CONTOUR_LENGTH)}, got {difficulty!r}."
         )
     params = dict(_PARAMS[resolution], resolution=resolution, difficulty=difficulty)
@@ -319,6 +321,8 @@ def generate_pathfinder(
         `margin` and `half_width`.
     """
     params = pathfinder_params(resolution, difficulty)
+    for name, value in (("seed", seed), ("index", index)):
+        _check_int(name, value, 0)
     rng = np.random.default_rng([seed, index])
     if label is None:
         label = int(rng.integers(2))
@@ -369,6 +373,11 @@ def generate_pathfinder(
     return image, truth
 
 
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise UserError(f"{name} must be an int >= {minimum}, got {value!r}.")
+
+
 def balanced_labels(num_images: int, seed: int) -> np.ndarray:
     """Exactly balanced labels (num_images // 2 ones) in a seeded random order."""
     order = np.random.default_rng([seed, 2**31]).permutation(num_images)
@@ -402,6 +411,7 @@ def write_pathfinder(
     seed: int = 0,
     workers: int = 1,
     images_per_folder: int = 1000,
+    overwrite: bool = False,
 ) -> str:
     """Writes `<out_dir>/<difficulty dir>/imgs/<k>/sample_<n>.png` and `metadata/<k>.npy`.
 
@@ -409,14 +419,32 @@ def write_pathfinder(
     `imgs/<k> sample_<n>.png <n> <label> <continuity> <contour_length> <distractor_length>
     <paddle_length> <paddle_thickness> <margin> 1`. Each image's ground truth (see
     `generate_pathfinder`) goes to `truth/<k>.json`. Returns the difficulty folder.
+
+    The difficulty folder must be empty or new (other difficulties may sit beside it in
+    `out_dir`, as in the release); with `overwrite`, one an earlier `write_pathfinder`
+    generated (it carries the `.lra_data.json` marker) is replaced whole, so no metadata file
+    of the earlier run is left to mix with the new one; any other non-empty folder is refused.
     """
     pathfinder_params(resolution, difficulty)
-    if num_images < 1 or workers < 1 or images_per_folder < 1:
-        raise ValueError(
-            "num_images, workers and images_per_folder must be >= 1, got "
-            f"{num_images}, {workers}, {images_per_folder}."
-        )
+    _check_int("seed", seed, 0)
+    for name, value in (
+        ("num_images", num_images),
+        ("workers", workers),
+        ("images_per_folder", images_per_folder),
+    ):
+        _check_int(name, value, 1)
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir} exists and is not a folder; choose a folder.")
     root = os.path.join(out_dir, DIFFICULTY_DIRS[difficulty])
+    check_output(root, overwrite)
+    arguments = dict(
+        resolution=resolution,
+        difficulty=difficulty,
+        num_images=num_images,
+        seed=seed,
+        images_per_folder=images_per_folder,
+    )
+    claim_output(root, overwrite, "lra-data pathfinder", arguments)
     labels = balanced_labels(num_images, seed)
     chunk = max(1, min(images_per_folder, 100))
     tasks = []
@@ -428,13 +456,15 @@ def write_pathfinder(
         tasks.append((*task, labels[start:stop]))
         start = stop
     if workers == 1:
-        results = map(_work, tasks)
-        return _collect(root, results)
-    import multiprocessing
+        _collect(root, map(_work, tasks))
+    else:
+        import multiprocessing
 
-    # Spawned workers import only numpy and Pillow (the package's __init__ is lazy).
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        return _collect(root, pool.imap(_work, tasks))
+        # Spawned workers import only numpy and Pillow (the package's __init__ is lazy).
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            _collect(root, pool.imap(_work, tasks))
+    finish_output(root)
+    return root
 
 
 def _collect(root, results) -> str:

@@ -15,6 +15,7 @@ from lra_keras.data.tasks import (
     check_split,
     check_task,
 )
+from lra_keras.errors import UserError
 
 _TASK_OPTIONS = {
     "listops": {"task_name": "basic"},
@@ -63,14 +64,23 @@ def load(
 
     Returns:
         A `tf.data.Dataset` of `(features, label)` batches (not repeated).
+
+    Raises:
+        UserError (a ValueError): a bad argument; a split with fewer examples than one batch
+            (train) or none (validation, test), naming the file; prepared records whose
+            release files changed since `lra-data prepare` (rerun it); a Pathfinder metadata row
+            whose image path leaves the data folder. A missing data set raises its subclass
+            `DataNotFoundError` (also a FileNotFoundError), which says what file is expected
+            where and how to generate or fetch it. A malformed line or image raises
+            `tf.errors.InvalidArgumentError` when it is read, naming the file (and line).
     """
     check_task(task)
     check_split(split)
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        raise UserError(f"batch_size must be a positive int, got {batch_size!r}.")
     unknown = set(task_options) - set(_TASK_OPTIONS[task])
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"Unknown options {sorted(unknown)} for task {task!r}; valid options are "
             f"{sorted(_TASK_OPTIONS[task]) or 'none'}."
         )
@@ -79,13 +89,13 @@ def load(
     if max_length is None:
         max_length = DEFAULT_MAX_LENGTH[task]
     elif not isinstance(max_length, int) or max_length < 1:
-        raise ValueError(f"max_length must be a positive int, got {max_length!r}.")
+        raise UserError(f"max_length must be a positive int, got {max_length!r}.")
     downsample = None
     if fixed and max_length != DEFAULT_MAX_LENGTH[task]:
         resolution = PATHFINDER_RESOLUTION.get(task)
         side = math.isqrt(max_length)
         if resolution is None or side * side != max_length or resolution % side:
-            raise ValueError(
+            raise UserError(
                 f"max_length for task {task!r} is fixed by the image size: expected None or "
                 f"{DEFAULT_MAX_LENGTH[task]}"
                 + (
@@ -99,7 +109,9 @@ def load(
     if shuffle is None:
         shuffle = split == "train"
 
-    records, decode = _records(task, split, data_dir, max_length, options)
+    # Train batches drop the remainder: the split must hold one whole batch.
+    need = batch_size if split == "train" else 1
+    records, decode = _records(task, split, data_dir, max_length, options, need)
     if shuffle:
         records = records.shuffle(SHUFFLE_BUFFER[task], seed=seed, reshuffle_each_iteration=True)
     dataset = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -123,32 +135,35 @@ def _downsample(features: dict, resolution: int, side: int) -> dict:
     return {**features, "tokens": tokens}
 
 
-def _records(task, split, data_dir, max_length, options):
+def _records(task, split, data_dir, max_length, options, need):
     if task == "text":
-        return readers.text_tfds(data_dir, split, max_length, options["split_seed"])
+        return readers.text_tfds(data_dir, split, max_length, options["split_seed"], need)
     if task == "image":
-        return readers.image_tfds(data_dir, split)
+        return readers.image_tfds(data_dir, split, need)
     if task in PATHFINDER_RESOLUTION:
         check_difficulty(options["difficulty"])
-    prepared = _prepared(task, split, data_dir, options)
     if task == "listops":
-        if prepared is not None and options["task_name"] == "basic":
-            return readers.listops_prepared(prepared, max_length)
-        return readers.listops_release(data_dir, split, max_length, options["task_name"])
+        prepared = options["task_name"] == "basic" and _prepared(task, split, data_dir, options)
+        if prepared:
+            return readers.listops_prepared(_enough(prepared, task, split, need), max_length)
+        return readers.listops_release(data_dir, split, max_length, options["task_name"], need)
     if task == "retrieval":
-        if prepared is not None:
-            return readers.retrieval_prepared(prepared, max_length)
-        return readers.retrieval_release(data_dir, split, max_length)
+        prepared = _prepared(task, split, data_dir, options)
+        if prepared:
+            return readers.retrieval_prepared(_enough(prepared, task, split, need), max_length)
+        return readers.retrieval_release(data_dir, split, max_length, need)
     resolution = PATHFINDER_RESOLUTION[task]
     # Prepared records hold the default partition (split_seed 0).
-    if prepared is not None and options["split_seed"] == 0:
-        return readers.pathfinder_prepared(prepared, resolution)
+    prepared = options["split_seed"] == 0 and _prepared(task, split, data_dir, options)
+    if prepared:
+        return readers.pathfinder_prepared(_enough(prepared, task, split, need), resolution)
     return readers.pathfinder_release(
-        data_dir, split, resolution, options["difficulty"], options["split_seed"]
+        data_dir, split, resolution, options["difficulty"], options["split_seed"], need
     )
 
 
 def _prepared(task, split, data_dir, options):
+    """`(dataset, count, where)` of the prepared records, or None (read the release files)."""
     import os
 
     if not os.path.isdir(os.path.join(data_dir, "tfds")):
@@ -156,3 +171,9 @@ def _prepared(task, split, data_dir, options):
     from lra_keras.data import builders
 
     return builders.prepared_dataset(task, data_dir, split, **options)
+
+
+def _enough(prepared, task: str, split: str, need: int) -> tf.data.Dataset:
+    dataset, count, where = prepared
+    readers.require_examples(task, split, f"the prepared records {where}", count, need)
+    return dataset

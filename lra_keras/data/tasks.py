@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from lra_keras.errors import UserError
+
 TASKS = (
     "listops",
     "text",
@@ -38,31 +40,50 @@ LISTOPS_FILE_SPLIT = {"train": "train", "validation": "val", "test": "test"}
 AAN_FILE_SPLIT = {"train": "train", "validation": "eval", "test": "test"}
 
 
+class DataNotFoundError(UserError, FileNotFoundError):
+    """A data set's files are missing; the message says what is expected where and how to make it.
+
+    A `UserError` (the CLIs print it as one line) that Python callers can also catch as a
+    `FileNotFoundError`.
+    """
+
+
 def check_task(task: str) -> str:
     if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; valid tasks are {', '.join(TASKS)}.")
+        raise UserError(f"Unknown task {task!r}; valid tasks are {', '.join(TASKS)}.")
     return task
 
 
 def check_split(split: str) -> str:
     if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; valid splits are {', '.join(SPLITS)}.")
+        raise UserError(f"Unknown split {split!r}; valid splits are {', '.join(SPLITS)}.")
     return split
 
 
 def check_difficulty(difficulty: str) -> str:
     if difficulty not in DIFFICULTY_DIRS:
-        raise ValueError(
+        raise UserError(
             f"Unknown difficulty {difficulty!r}; valid difficulties are "
             f"{', '.join(DIFFICULTY_DIRS)}."
         )
     return difficulty
 
 
+def check_preparable(task: str) -> str:
+    """`lra-data prepare` writes records for the release-file tasks; TFDS ones have theirs."""
+    check_task(task)
+    if task in ("text", "image"):
+        raise UserError(
+            f"`prepare` supports listops, retrieval and the pathfinder tasks, got {task!r} "
+            "(text and image are TFDS data sets already)."
+        )
+    return task
+
+
 def find_first(candidates: list[str], what: str, how: str) -> str:
-    """Returns the first existing path among `candidates` or raises a FileNotFoundError."""
+    """Returns the first existing path among `candidates` or raises a `DataNotFoundError`."""
     for path in candidates:
         if os.path.exists(path):
             return path
     listed = "\n  ".join(candidates)
-    raise FileNotFoundError(f"{what} not found; expected one of:\n  {listed}\n{how}")
+    raise DataNotFoundError(f"{what} not found; expected one of:\n  {listed}\n{how}")

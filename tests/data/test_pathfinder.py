@@ -119,7 +119,8 @@ def test_workers_do_not_change_output(tmp_path):
                 full = os.path.join(dirpath, name)
                 files[os.path.relpath(full, out)] = Path(full).read_bytes()
         outs.append(files)
-    assert len(outs[0]) == 6 + 2 + 2 and outs[0] == outs[1]
+    # Images, metadata, truth and the generator's marker (which does not record `workers`).
+    assert len(outs[0]) == 6 + 2 + 2 + 1 and outs[0] == outs[1]
 
 
 def test_reader_splits_and_pixels(pathfinder_dir):

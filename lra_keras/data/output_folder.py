@@ -1,0 +1,82 @@
+"""The folders the generators write: claimed empty, or replaced whole when they made them before.
+
+A generator marks its folder with `MARKER` (a JSON file with the generator and its arguments)
+before writing anything, so an interrupted run can be replaced too. `--overwrite` deletes only a
+folder that carries the marker: never an arbitrary folder, a link, or one holding the working
+directory. Replacing the folder whole means no file of an earlier run (a metadata file of a
+larger Pathfinder run, prepared records) survives to mix with the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from lra_keras.errors import UserError
+
+MARKER = ".lra_data.json"
+
+
+def claim_output(path: str, overwrite: bool, generator: str, arguments: dict) -> None:
+    """Makes `path` an empty folder marked as written by `generator`, or raises a UserError.
+
+    Args:
+        path: the folder the generator writes.
+        overwrite: replace a non-empty folder that an earlier `lra-data` run generated.
+        generator: the command, e.g. "lra-data listops", recorded in the marker.
+        arguments: the generator's arguments, recorded in the marker.
+    """
+    if check_output(path, overwrite):
+        shutil.rmtree(path)
+    os.makedirs(path, exist_ok=True)
+    _write_marker(path, {"generator": generator, "arguments": arguments, "complete": False})
+
+
+def check_output(path: str, overwrite: bool) -> bool:
+    """Raises a UserError unless `path` may be written; returns whether it must be replaced.
+
+    Generators call it before their slow work, so a refusal comes at once.
+    """
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise UserError(f"The output path {path} exists and is not a folder; choose a folder.")
+    if not os.path.isdir(path) or not os.listdir(path):
+        return False
+    if not overwrite:
+        raise UserError(
+            f"The output folder {path} is not empty; choose an empty or new folder, or pass "
+            "--overwrite (overwrite=True) to replace a folder that lra-data generated."
+        )
+    _check_replaceable(path)
+    return True
+
+
+def finish_output(path: str) -> None:
+    """Marks the folder complete (an interrupted run leaves `complete: false`)."""
+    with open(os.path.join(path, MARKER)) as f:
+        marker = json.load(f)
+    _write_marker(path, {**marker, "complete": True})
+
+
+def _check_replaceable(path: str) -> None:
+    if os.path.islink(path):
+        raise UserError(
+            f"The output folder {path} is a link; refusing to replace it. Choose another folder."
+        )
+    if not os.path.isfile(os.path.join(path, MARKER)):
+        raise UserError(
+            f"The output folder {path} holds files that lra-data did not generate (no {MARKER} "
+            "marker); refusing to delete it. Choose another folder, or remove it yourself."
+        )
+    here = os.path.realpath(os.getcwd())
+    target = os.path.realpath(path)
+    if os.path.commonpath([here, target]) == target:
+        raise UserError(
+            f"The output folder {path} holds the working directory; refusing to delete it. Run "
+            "from elsewhere or choose another folder."
+        )
+
+
+def _write_marker(path: str, content: dict) -> None:
+    with open(os.path.join(path, MARKER), "w") as f:
+        json.dump(content, f, indent=1)
