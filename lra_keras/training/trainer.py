@@ -30,6 +30,18 @@ __all__ = ["MIXED_PRECISION", "Trainer", "parse_profile_steps"]
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 
 
+def _check_data(train_data, eval_data) -> dict:
+    if not isinstance(train_data, tf.data.Dataset):
+        raise UserError(
+            f"`train_data` must be a tf.data.Dataset; received {type(train_data).__name__}."
+        )
+    eval_data = dict(eval_data or {})
+    for split, ds in eval_data.items():
+        if not isinstance(ds, tf.data.Dataset):
+            raise UserError(f"`eval_data[{split!r}]` must be a tf.data.Dataset.")
+    return eval_data
+
+
 def _positive(name, value, allow_none=False):
     if value is None and allow_none:
         return None
@@ -172,14 +184,7 @@ class Trainer:
             grad_clip_norm = None
         if verbose not in (0, 1, 2):
             raise UserError(f"`verbose` must be 0, 1 or 2; received {verbose!r}.")
-        if not isinstance(train_data, tf.data.Dataset):
-            raise UserError(
-                f"`train_data` must be a tf.data.Dataset; received {type(train_data).__name__}."
-            )
-        eval_data = dict(eval_data or {})
-        for split, ds in eval_data.items():
-            if not isinstance(ds, tf.data.Dataset):
-                raise UserError(f"`eval_data[{split!r}]` must be a tf.data.Dataset.")
+        eval_data = _check_data(train_data, eval_data)
         self.model_dir = str(model_dir)
         self.jit_compile = bool(jit_compile)
         self.grad_clip_norm = None if grad_clip_norm is None else float(grad_clip_norm)
@@ -208,41 +213,7 @@ class Trainer:
             schedule,
             steps_per_cycle,
         )
-        self._train_iterator = iter(self.batching.prepare_train(train_data))
-        self.evaluator = Evaluator(
-            self.model,
-            self.strategy,
-            self.batching,
-            eval_data,
-            self.max_eval_batches,
-            self.jit_compile,
-        )
-        all_vars = list(self.model.variables)
-        checkpoint = tf.train.Checkpoint(
-            model=self.model,
-            optimizer=self.optimizer,
-            step=self.step,
-            model_variables=all_vars,
-            iterator=self._train_iterator,
-        )
-        best_checkpoint = tf.train.Checkpoint(model=self.model, model_variables=all_vars)
-        self.state = RunState(
-            self.model_dir,
-            checkpoint,
-            best_checkpoint,
-            keep_checkpoints=self.keep_checkpoints,
-            is_chief=self.is_chief,
-            worker_index=self.worker_index,
-        )
-        self._train_fn = TrainStep(
-            self.model,
-            self.optimizer,
-            self.strategy,
-            batch_size=self.batch_size,
-            grad_accum_steps=self.grad_accum_steps,
-            grad_clip_norm=self.grad_clip_norm,
-            jit_compile=self.jit_compile,
-        )
+        self._wire(train_data, eval_data)
         self._stop_requested = False
 
     def _build(
@@ -282,6 +253,44 @@ class Trainer:
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
 
+    def _wire(self, train_data, eval_data):
+        """The data iterator, the evaluator, the run's files and the step, around the model."""
+        self._train_iterator = iter(self.batching.prepare_train(train_data))
+        self.evaluator = Evaluator(
+            self.model,
+            self.strategy,
+            self.batching,
+            eval_data,
+            self.max_eval_batches,
+            self.jit_compile,
+        )
+        all_vars = list(self.model.variables)
+        checkpoint = tf.train.Checkpoint(
+            model=self.model,
+            optimizer=self.optimizer,
+            step=self.step,
+            model_variables=all_vars,
+            iterator=self._train_iterator,
+        )
+        best_checkpoint = tf.train.Checkpoint(model=self.model, model_variables=all_vars)
+        self.state = RunState(
+            self.model_dir,
+            checkpoint,
+            best_checkpoint,
+            keep_checkpoints=self.keep_checkpoints,
+            is_chief=self.is_chief,
+            worker_index=self.worker_index,
+        )
+        self._train_fn = TrainStep(
+            self.model,
+            self.optimizer,
+            self.strategy,
+            batch_size=self.batch_size,
+            grad_accum_steps=self.grad_accum_steps,
+            grad_clip_norm=self.grad_clip_norm,
+            jit_compile=self.jit_compile,
+        )
+
     def _distribute(self, batch):
         return self.batching.distribute(batch)
 
@@ -319,7 +328,7 @@ class Trainer:
         """Runs (or resumes) training; returns the results written to `results.json`."""
         start_time = time.time()
         self.state.check_config(self._full_config())
-        step = self.restore()
+        step = start_step = self.restore()
         self.state.write_config(self._full_config())
         progress = self.state.read_progress(step)
         last_train = progress.get("train", {})
@@ -381,10 +390,13 @@ class Trainer:
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
             summaries.close()
-        if not last_train:
-            # A run finished before progress.json existed: keep its figures.
-            last_train = (self.state.read_results() or {}).get("train", {})
         wall_time = previous_time + time.time() - start_time
+        previous = self.state.read_results() if step == start_step else None
+        if previous:
+            # Nothing trained now (a finished run evaluated again): the figures of its
+            # training stay.
+            last_train = previous.get("train") or last_train
+            wall_time = previous.get("wall_time_s", wall_time)
         return self._final_results(best, last_train, wall_time)
 
     def _full_config(self) -> dict:
