@@ -33,8 +33,15 @@ EXPORT_ENTRIES = {
 
 
 def is_export(path: str) -> bool:
-    """Whether `path` is a folder written by `export_saved_model` (it holds the marker)."""
-    return os.path.isfile(os.path.join(path, EXPORT_MARKER))
+    """Whether `path` is a folder written by `export_saved_model` (it holds the marker).
+
+    Exports written before the marker existed are recognised by their SavedModel and config
+    asset.
+    """
+    if os.path.isfile(os.path.join(path, EXPORT_MARKER)):
+        return True
+    legacy = [os.path.join(path, "saved_model.pb"), os.path.join(path, "assets", CONFIG_ASSET)]
+    return all(os.path.isfile(p) for p in legacy)
 
 
 def check_replaceable(path: str) -> None:

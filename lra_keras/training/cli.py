@@ -105,7 +105,11 @@ def main(argv) -> None:
     from lra_keras.zoo import build_model_from_config
 
     keras.utils.set_random_seed(FLAGS.seed)
-    strategy = make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    try:
+        strategy = make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    except ValueError as error:
+        # No TPU where --strategy tpu asks for one, a malformed TF_CONFIG.
+        raise UserError(f"--strategy {FLAGS.strategy}: {error}") from error
     task, batch = config["task"], config["batch_size"]
 
     def dataset(split):

@@ -125,6 +125,12 @@ def test_cli_overwrite_of_the_project_folder_is_one_line_and_deletes_nothing(run
     assert listing(run.parent.parent) == before
 
 
+def test_cli_run_folder_without_a_run_is_one_line(tmp_path):
+    done = lra_export("--model_dir", tmp_path / "nothing", "--out", tmp_path / "export")
+    assert_one_line_error(done, "lra-export", "config.json")
+    assert not (tmp_path / "export").exists()
+
+
 @pytest.mark.slow
 def test_cli_exports_then_overwrites_its_export(run_dir, tmp_path):
     run = run_dir[0]
