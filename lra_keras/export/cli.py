@@ -11,7 +11,8 @@ import os
 import tensorflow as tf
 from absl import app, flags
 
-from lra_keras.export.saved_model import export_saved_model
+from lra_keras.errors import UserError, run_cli
+from lra_keras.export.saved_model import check_replaceable, export_saved_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -59,17 +60,45 @@ def load_trained_model(model_dir: str, checkpoint: str = "best"):
     return model, zoo_config
 
 
+def check_out(out: str, model_dir: str) -> None:
+    """Refuses an output folder that is, or holds, the run (overwrite would delete it)."""
+    out_path, run_path = os.path.realpath(out), os.path.realpath(model_dir)
+    if os.path.commonpath([out_path, run_path]) == out_path:
+        where = "is" if out_path == run_path else "contains"
+        raise UserError(
+            f"--out {out} {where} --model_dir {model_dir}: exporting there would replace the "
+            "run; choose an output folder outside it (e.g. --out exports/NAME)."
+        )
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    model, config = load_trained_model(FLAGS.model_dir, FLAGS.checkpoint)
-    path = export_saved_model(model, FLAGS.out, config=config, overwrite=FLAGS.overwrite)
+    check_out(FLAGS.out, FLAGS.model_dir)
+    if os.path.exists(FLAGS.out):
+        if not FLAGS.overwrite:
+            raise UserError(
+                f"{FLAGS.out} already exists: pass --overwrite to replace a previous export "
+                "there, or choose another --out."
+            )
+        try:
+            check_replaceable(os.path.abspath(FLAGS.out))
+        except FileExistsError as error:
+            raise UserError(str(error)) from error
+    try:
+        model, config = load_trained_model(FLAGS.model_dir, FLAGS.checkpoint)
+    except FileNotFoundError as error:
+        raise UserError(str(error)) from error
+    try:
+        path = export_saved_model(model, FLAGS.out, config=config, overwrite=FLAGS.overwrite)
+    except FileExistsError as error:
+        raise UserError(str(error)) from error
     print(f"Exported {config.get('task')} / {config.get('attention')} to {path}")
 
 
 def run() -> None:
     flags.mark_flags_as_required(["model_dir", "out"])
-    app.run(main)
+    run_cli(main, "lra-export")
 
 
 if __name__ == "__main__":

@@ -39,11 +39,30 @@ class ExportedModel:
     def __call__(self, *tokens) -> dict:
         """`serve` on int32 token ids (one array, or two for retrieval) -> logits, probabilities."""
         tokens = [tf.constant(np.asarray(t), tf.int32) for t in tokens]
+        specs = self.input_specs
+        if len(tokens) != len(specs):
+            raise ValueError(
+                f"The export at {self.path} takes {len(specs)} token array(s) "
+                f"({', '.join(specs)}); received {len(tokens)}."
+            )
+        for (name, spec), t in zip(specs.items(), tokens, strict=True):
+            if not spec.shape.is_compatible_with(t.shape):
+                raise ValueError(
+                    f"'{name}' must be int32 token ids of shape [batch, {spec.shape[1]}] (pad "
+                    f"with 0 or truncate); received shape {t.shape.as_list()}."
+                )
         inputs = (
             tokens[0] if len(tokens) == 1 else {f"tokens_{i + 1}": t for i, t in enumerate(tokens)}
         )
         out = self.saved_model.serve(inputs)
         return {k: v.numpy() for k, v in out.items()}
+
+    @property
+    def input_specs(self) -> dict:
+        """The token inputs' `tf.TensorSpec`s (name -> spec, fixed length), in call order."""
+        signature = self.saved_model.signatures["serving_default"]
+        specs = signature.structured_input_signature[1]
+        return {name: specs[name] for name in sorted(specs)}
 
     def predict_text(self, *texts) -> dict:
         """`serve_text` on raw strings (text and retrieval tasks)."""

@@ -18,6 +18,48 @@ BYTE_TASKS = ("text", "retrieval")
 KERAS_ARCHIVE = "model.keras"
 CONFIG_ASSET = "lra_config.json"
 LABELS_ASSET = "labels.txt"
+# Written into every export: `overwrite` replaces only a folder that holds it.
+EXPORT_MARKER = "lra_export.json"
+# What an export folder holds; a folder with anything else is not replaced.
+EXPORT_ENTRIES = {
+    "saved_model.pb",
+    "saved_model.pbtxt",
+    "fingerprint.pb",
+    "variables",
+    "assets",
+    "model.keras",
+    EXPORT_MARKER,
+}
+
+
+def is_export(path: str) -> bool:
+    """Whether `path` is a folder written by `export_saved_model` (it holds the marker).
+
+    Exports written before the marker existed are recognised by their SavedModel and config
+    asset.
+    """
+    if os.path.isfile(os.path.join(path, EXPORT_MARKER)):
+        return True
+    legacy = [os.path.join(path, "saved_model.pb"), os.path.join(path, "assets", CONFIG_ASSET)]
+    return all(os.path.isfile(p) for p in legacy)
+
+
+def check_replaceable(path: str) -> None:
+    """Raises FileExistsError unless the existing `path` is an export and nothing else.
+
+    `overwrite` must never delete a training run or any other folder given by mistake.
+    """
+    if not os.path.isdir(path) or not is_export(path):
+        raise FileExistsError(
+            f"{path} exists and is not an export (no {EXPORT_MARKER}): overwrite replaces only "
+            "a previous export; choose another output folder."
+        )
+    others = sorted(set(os.listdir(path)) - EXPORT_ENTRIES)
+    if others:
+        raise FileExistsError(
+            f"{path} is an export but also holds {', '.join(others)}: not replacing it; move "
+            "those out or choose another output folder."
+        )
 
 
 def _input_specs(model: keras.Model) -> dict:
@@ -31,6 +73,31 @@ def _input_specs(model: keras.Model) -> dict:
             )
         specs[name] = tf.TensorSpec((None,) + tuple(tensor.shape[1:]), tf.int32, name=name)
     return specs
+
+
+def _checked(inputs: dict, specs: dict) -> dict:
+    """The token inputs, checked at run time against the export's fixed length.
+
+    A signature (the route TF Serving takes) does not enforce its input shapes, and a wrong
+    length would otherwise fail deep in the model with a reshape or broadcast error.
+    """
+    checked = {}
+    for name, spec in specs.items():
+        tokens = inputs[name]
+        length = spec.shape[1]
+        expected = f"int32 token ids of shape [batch, {length}] (pad with 0 or truncate)"
+        with tf.control_dependencies(
+            [
+                tf.debugging.assert_rank(tokens, 2, message=f"'{name}' must be {expected}"),
+                tf.debugging.assert_equal(
+                    tf.shape(tokens)[1],
+                    tf.constant(length, tf.int32),
+                    message=f"'{name}' must be {expected}; its length differs",
+                ),
+            ]
+        ):
+            checked[name] = tf.identity(tokens)
+    return checked
 
 
 def _reusable_object(model: keras.Model, task: str | None, assets: dict) -> tf.train.Checkpoint:
@@ -51,7 +118,7 @@ def _reusable_object(model: keras.Model, task: str | None, assets: dict) -> tf.t
     def forward(inputs, training):
         if not isinstance(inputs, dict):
             inputs = {names[0]: inputs}
-        return tf.cast(model(inputs, training=training), tf.float32)
+        return tf.cast(model(_checked(inputs, specs), training=training), tf.float32)
 
     def outputs(logits):
         return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
@@ -127,17 +194,21 @@ def export_saved_model(
         path: the target folder.
         config: the zoo config (its `task` decides whether `serve_text` is added).
         label_names: names of the classes, saved as an asset.
-        overwrite: replace an existing export at `path`.
+        overwrite: replace an existing export at `path`. Only a folder written by this
+            function (it holds `lra_export.json`) and holding nothing else is replaced; any
+            other existing folder raises `FileExistsError`.
 
     Returns:
         `path`.
     """
     path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(
-            f"An export already exists at {path}; pass overwrite=True (or --overwrite) to "
-            "replace it."
-        )
+    if os.path.exists(path):
+        if not overwrite:
+            raise FileExistsError(
+                f"{path} already exists; pass overwrite=True (or --overwrite) to replace a "
+                "previous export there, or choose another output folder."
+            )
+        check_replaceable(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     config = dict(config or {})
@@ -165,7 +236,10 @@ def export_saved_model(
         saved = os.path.join(staging, "saved_model")
         tf.saved_model.save(root, saved, signatures=signatures)
         model.save(os.path.join(saved, KERAS_ARCHIVE))
+        with open(os.path.join(saved, EXPORT_MARKER), "w") as f:
+            json.dump({"format": "lra_keras export", "version": 1}, f)
         if os.path.exists(path):
+            check_replaceable(path)  # again: the export took a while
             trash = f"{path}.old-{uuid.uuid4().hex}"
             os.rename(path, trash)
             os.rename(saved, path)

@@ -3,9 +3,14 @@
     lra-train --task listops --attention local --preset tiny --data_dir data/listops \
         --model_dir runs/listops --num_train_steps 500 --profile_steps 5,8
 
-Resumes from the latest checkpoint in `--model_dir`; writes TensorBoard logs under
-`<model_dir>/logs`, `results.json`, and (unless `--noexport`) a reusable SavedModel under
-`<model_dir>/export`.
+Resumes from the latest checkpoint in `--model_dir` (with the same flags: a run refuses to
+continue under another configuration); writes TensorBoard logs under `<model_dir>/logs`,
+`results.json`, and (unless `--noexport`) a reusable SavedModel under `<model_dir>/export`.
+
+Exit status: 0 trained (or already trained: evaluated again); 2 a user error (one line on
+stderr: what was wrong, what to do); 143 (128 + SIGTERM) preempted: a SIGTERM made the run
+finish its step, save a checkpoint and stop, and the same command resumes it; 1 an internal
+error (with its traceback).
 """
 
 from __future__ import annotations
@@ -95,15 +100,22 @@ def main(argv) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = build_run_config()
 
+    import sys
+
     import keras
 
     from lra_keras.data import load
+    from lra_keras.errors import UserError
     from lra_keras.training.strategies import make_strategy
     from lra_keras.training.trainer import Trainer
     from lra_keras.zoo import build_model_from_config
 
     keras.utils.set_random_seed(FLAGS.seed)
-    strategy = make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    try:
+        strategy = make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    except ValueError as error:
+        # No TPU where --strategy tpu asks for one, a malformed TF_CONFIG.
+        raise UserError(f"--strategy {FLAGS.strategy}: {error}") from error
     task, batch = config["task"], config["batch_size"]
 
     def dataset(split):
@@ -116,8 +128,12 @@ def main(argv) -> None:
             seed=FLAGS.seed,
         )
 
-    train_data = dataset("train")
-    eval_data = {split: dataset(split) for split in ("validation", "test")}
+    try:
+        train_data = dataset("train")
+        eval_data = {split: dataset(split) for split in ("validation", "test")}
+    except (OSError, ValueError) as error:
+        # The data folder and the task's data options are the user's.
+        raise UserError(f"{error} (--data_dir {FLAGS.data_dir}, --task {task})") from error
     trainer = Trainer(
         lambda: build_model_from_config(config),
         train_data,
@@ -142,6 +158,13 @@ def main(argv) -> None:
         export_fn="auto" if FLAGS.export else None,
     )
     results = trainer.train()
+    if results.get("preempted"):
+        print(
+            f"preempted at step {results['step']}: checkpoint saved in {FLAGS.model_dir}; "
+            "run the same command to resume.",
+            file=sys.stderr,
+        )
+        sys.exit(PREEMPTED_EXIT_STATUS)
     best, last = results["best"], results["last"]
 
     def metrics(entry, split):
@@ -158,9 +181,16 @@ def main(argv) -> None:
         print(f"export: {os.path.join(FLAGS.model_dir, 'export')}")
 
 
+# A preempted run exits as a process ended by SIGTERM would, so that `lra-train ... &&
+# lra-export ...` does not go on with an unfinished run.
+PREEMPTED_EXIT_STATUS = 143
+
+
 def run() -> None:
+    from lra_keras.errors import run_cli
+
     flags.mark_flags_as_required(["task", "data_dir", "model_dir"])
-    app.run(main)
+    run_cli(main, "lra-train")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ def main(argv=None):
     p.add_argument("--sleep", type=float, default=0.0, help="seconds to sleep per step")
     p.add_argument("--deterministic", action="store_true")
     p.add_argument("--trajectory", action="store_true", help="print each step's loss")
+    p.add_argument("--export", action="store_true", help="export the best model at the end")
     args = p.parse_args(argv)
 
     import tensorflow as tf
@@ -112,7 +113,7 @@ def main(argv=None):
         grad_accum_steps=args.grad_accum_steps,
         grad_clip_norm=args.grad_clip_norm,
         verbose=0,
-        export_fn=None,
+        export_fn="auto" if args.export else None,
     )
     if args.trajectory:
         losses = []

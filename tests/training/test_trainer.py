@@ -205,10 +205,19 @@ def test_trainer_refuses_bad_arguments(tmp_path):
         )
 
 
+def assert_one_line_error(done, message, prog="lra-train"):
+    """A user error: exit status 2 and one line `prog: error: ...`, no traceback."""
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith(f"{prog}: error:")]
+    assert len(errors) == 1 and message in errors[0], done.stderr[-3000:]
+
+
 @pytest.mark.parametrize(
     "flags,message",
     [
         (["--task", "imdb"], "Unknown task 'imdb'"),
+        (["--task", "listops", "--bogus_flag", "1"], "bogus_flag"),
         (["--task", "listops", "--attention", "fulll"], "Unknown attention 'fulll'"),
         (["--task", "listops", "--set", "num_layer=3"], "Unknown config key"),
         (["--task", "listops", "--set", "oops"], "--set takes key=value"),
@@ -235,8 +244,7 @@ def test_cli_bad_flags_give_clear_errors(tmp_path, flags, message):
         env=ENV,
         cwd=ROOT,
     )
-    assert done.returncode != 0
-    assert message in done.stderr + done.stdout
+    assert_one_line_error(done, message)
 
 
 def test_cli_reports_a_missing_data_set(tmp_path):
@@ -260,5 +268,4 @@ def test_cli_reports_a_missing_data_set(tmp_path):
         env=ENV,
         cwd=ROOT,
     )
-    assert done.returncode != 0
-    assert "lra-data listops" in done.stderr
+    assert_one_line_error(done, "lra-data listops")

@@ -1,0 +1,200 @@
+"""What a training run reports: TensorBoard scalars, the progress bar or log lines, traces."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from lra_keras.errors import UserError
+
+
+def peak_memory_mib() -> float | None:
+    """Peak memory of the first accelerator (or the process's peak RSS on CPU), in MiB."""
+    try:
+        from lra_keras import profiling
+
+        fn = getattr(profiling, "peak_memory_mib", None)
+        if fn is not None:
+            return float(fn())
+    except ImportError:
+        pass
+    for kind in ("GPU", "TPU"):
+        if tf.config.list_logical_devices(kind):
+            try:
+                return tf.config.experimental.get_memory_info(f"{kind}:0")["peak"] / 2**20
+            except (ValueError, tf.errors.OpError):
+                return None
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@contextlib.contextmanager
+def profiler_trace(logdir: str):
+    try:
+        from lra_keras import profiling
+
+        trace = getattr(profiling, "trace", None)
+    except ImportError:
+        trace = None
+    if trace is not None:
+        with trace(logdir):
+            yield
+        return
+    tf.profiler.experimental.start(logdir)
+    try:
+        yield
+    finally:
+        tf.profiler.experimental.stop()
+
+
+def parse_profile_steps(value: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """`"5,8"` -> `(5, 8)`: trace training steps 5 to 8 (1-based, inclusive).
+
+    None, "" or "0" -> no trace.
+    """
+    if value is None or value == "" or value == "0":
+        return None
+    if isinstance(value, str):
+        parts = value.split(",")
+        try:
+            if len(parts) == 1:
+                start = stop = int(parts[0])
+            elif len(parts) == 2:
+                start, stop = int(parts[0]), int(parts[1])
+            else:
+                raise ValueError
+        except ValueError:
+            raise UserError(
+                f'`profile_steps` must be "START,STOP" (e.g. "5,8"); received {value!r}.'
+            ) from None
+    else:
+        start, stop = (int(v) for v in value)
+    if start < 1 or stop < start:
+        raise UserError(f"`profile_steps` needs 1 <= START <= STOP; received {value!r}.")
+    return start, stop
+
+
+class Summaries:
+    """One run's reporting: train and validation writers, the training window, the trace.
+
+    Only the chief writes files; other workers get no-op writers.
+    """
+
+    def __init__(self, logdir, *, num_train_steps, batch_size, verbose, is_chief, profile):
+        self.logdir = logdir
+        self.num_train_steps = num_train_steps
+        self.batch_size = batch_size
+        self.verbose = verbose
+        self.is_chief = is_chief
+        self.profile = profile
+        if is_chief:
+            self.writers = {
+                split: tf.summary.create_file_writer(os.path.join(logdir, split))
+                for split in ("train", "validation")
+            }
+        else:
+            noop = tf.summary.create_noop_writer()
+            self.writers = {"train": noop, "validation": noop}
+        self.progbar = None
+        self._trace = None
+        self.reset_window()
+
+    def start(self, step: int):
+        if self.verbose == 1 and self.is_chief:
+            self.progbar = keras.utils.Progbar(
+                self.num_train_steps, stateful_metrics=["lr", "steps/s"]
+            )
+            if step:
+                self.progbar.update(step)
+
+    def reset_window(self):
+        self.window = {"loss": [], "accuracy": []}
+        self.window_start, self.window_steps = time.time(), 0
+
+    def before_step(self, step: int):
+        """Opens the profiler trace when training step `step + 1` is its first."""
+        if self.profile and step + 1 == self.profile[0] and self.is_chief:
+            self._trace = contextlib.ExitStack()
+            self._trace.enter_context(profiler_trace(os.path.join(self.logdir, "train")))
+
+    def after_step(self, step: int, out: dict):
+        self.window["loss"].append(out["loss"])
+        self.window["accuracy"].append(out["accuracy"])
+        self.window_steps += 1
+        if self._trace is not None and step >= self.profile[1]:
+            self.close_trace()
+            logging.info("Profiler trace written under %s", os.path.join(self.logdir, "train"))
+
+    def close_trace(self):
+        if self._trace is not None:
+            self._trace.close()
+            self._trace = None
+
+    def log_train(self, step: int, learning_rate: float) -> dict:
+        """Writes the window's means; returns them (the run's latest training figures)."""
+        elapsed = max(time.time() - self.window_start, 1e-9)
+        figures = {
+            "loss": float(np.mean([float(x) for x in self.window["loss"]])),
+            "accuracy": float(np.mean([float(x) for x in self.window["accuracy"]])),
+            "learning_rate": learning_rate,
+            "steps_per_sec": self.window_steps / elapsed,
+            "examples_per_sec": self.window_steps * self.batch_size / elapsed,
+        }
+        peak = peak_memory_mib()
+        if peak is not None:
+            figures["peak_memory_mib"] = peak
+        with self.writers["train"].as_default(step=step):
+            for k, v in figures.items():
+                tf.summary.scalar(k, v)
+        self._report(step, figures)
+        self.reset_window()
+        return figures
+
+    def log_validation(self, step: int, metrics: dict):
+        with self.writers["validation"].as_default(step=step):
+            tf.summary.scalar("loss", metrics["loss"])
+            tf.summary.scalar("accuracy", metrics["accuracy"])
+        if self.verbose == 2 and self.is_chief:
+            logging.info(
+                "step %d validation: loss %.4f accuracy %.4f",
+                step,
+                metrics["loss"],
+                metrics["accuracy"],
+            )
+        # Evaluation time is not training time.
+        self.window_start = time.time()
+
+    def _report(self, step, values):
+        if self.progbar is not None:
+            self.progbar.update(
+                step,
+                [
+                    ("loss", values["loss"]),
+                    ("accuracy", values["accuracy"]),
+                    ("lr", values["learning_rate"]),
+                    ("steps/s", values["steps_per_sec"]),
+                ],
+            )
+        elif self.verbose == 2 and self.is_chief:
+            logging.info(
+                "step %d/%d loss %.4f accuracy %.4f lr %.3g %.2f steps/s %.1f examples/s",
+                step,
+                self.num_train_steps,
+                values["loss"],
+                values["accuracy"],
+                values["learning_rate"],
+                values["steps_per_sec"],
+                values["examples_per_sec"],
+            )
+
+    def close(self):
+        self.close_trace()
+        for w in self.writers.values():
+            w.flush()
