@@ -14,25 +14,17 @@ from absl import logging
 from lra_keras.errors import UserError
 
 
-def peak_memory_mib() -> float | None:
-    """Peak memory of the first accelerator (or the process's peak RSS on CPU), in MiB."""
-    try:
-        from lra_keras import profiling
+def peak_memory() -> dict:
+    """The peak memory figure and where it came from (`lra_keras.profiling.read_peak_memory`).
 
-        fn = getattr(profiling, "peak_memory_mib", None)
-        if fn is not None:
-            return float(fn())
-    except ImportError:
-        pass
-    for kind in ("GPU", "TPU"):
-        if tf.config.list_logical_devices(kind):
-            try:
-                return tf.config.experimental.get_memory_info(f"{kind}:0")["peak"] / 2**20
-            except (ValueError, tf.errors.OpError):
-                return None
-    import resource
+    `{"peak_memory_mib": float, "peak_memory_source": "allocator" | "rss"}`: the first GPU's
+    (else the CPU's) allocator peak, or the process's peak RSS where the allocator keeps no
+    statistics.
+    """
+    from lra_keras import profiling
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    record = profiling.read_peak_memory()
+    return {"peak_memory_mib": record["peak_mib"], "peak_memory_source": record["source"]}
 
 
 @contextlib.contextmanager
@@ -147,12 +139,11 @@ class Summaries:
             "steps_per_sec": self.window_steps / elapsed,
             "examples_per_sec": self.window_steps * self.batch_size / elapsed,
         }
-        peak = peak_memory_mib()
-        if peak is not None:
-            figures["peak_memory_mib"] = peak
+        figures.update(peak_memory())
         with self.writers["train"].as_default(step=step):
             for k, v in figures.items():
-                tf.summary.scalar(k, v)
+                if not isinstance(v, str):
+                    tf.summary.scalar(k, v)
         self._report(step, figures)
         self.reset_window()
         return figures

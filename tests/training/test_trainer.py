@@ -50,6 +50,8 @@ def test_trainer_learns_a_trivial_task(tmp_path):
     results = trainer.train()
     assert results["best"]["test"]["accuracy"] > 0.9
     assert os.path.exists(os.path.join(tmp_path, "results.json"))
+    # The peak memory figure says where it came from (allocator statistics or process RSS).
+    assert results["train"]["peak_memory_source"] in ("allocator", "rss")
     assert os.listdir(os.path.join(tmp_path, "logs", "train"))
 
 
