@@ -32,6 +32,7 @@ def _encoder(config: dict) -> LRAEncoder:
         attention_dropout=config["attention_dropout"],
         use_cls_token=config["pooling"] == "cls",
         learned_positions=config["learned_positions"],
+        positions=config.get("positions"),
         mask_padding=config["mask_padding"],
         name="encoder",
     )
