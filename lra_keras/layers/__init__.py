@@ -26,6 +26,7 @@ from lra_keras.layers.attention.sparse_attention import SparseAttention
 from lra_keras.layers.attention.synthesizer_attention import SynthesizerAttention
 from lra_keras.layers.encoder.lra_encoder import LRAEncoder
 from lra_keras.layers.encoder.position_embedding import PositionEmbedding
+from lra_keras.layers.encoder.rotary_embedding import RotaryEmbedding
 from lra_keras.layers.encoder.sequence_pooling import SequencePooling
 from lra_keras.layers.encoder.sinusoidal_position_embedding import SinusoidalPositionEmbedding
 from lra_keras.layers.encoder.transformer_encoder_block import TransformerEncoderBlock
@@ -54,6 +55,7 @@ __all__ = [
     "PerformerAttention",
     "PositionEmbedding",
     "ReformerAttention",
+    "RotaryEmbedding",
     "RoutingAttention",
     "RelativeMultiHeadAttention",
     "SegmentRecurrentEncoder",

@@ -17,7 +17,8 @@ def _tuples(value):
     return value
 
 
-def _encoder(config: dict) -> LRAEncoder:
+def encoder_from_config(config: dict, causal: bool = False) -> LRAEncoder:
+    """The task model's `LRAEncoder` (layer name `encoder`) for a validated zoo config."""
     return LRAEncoder(
         vocab_size=config["vocab_size"],
         max_length=config["max_length"],
@@ -32,7 +33,9 @@ def _encoder(config: dict) -> LRAEncoder:
         attention_dropout=config["attention_dropout"],
         use_cls_token=config["pooling"] == "cls",
         learned_positions=config["learned_positions"],
+        positions=config.get("positions"),
         mask_padding=config["mask_padding"],
+        causal=causal,
         name="encoder",
     )
 
@@ -87,7 +90,7 @@ def build_model_from_config(config: dict) -> keras.Model:
     config = validate_config(dict(config))
     if config["task"] == "lm":
         return _language_model(config)
-    encoder = _encoder(config)
+    encoder = encoder_from_config(config)
     pooling = SequencePooling(config["pooling"], name="pooling")
     num_classes = config["num_classes"]
     if presets.TASKS[config["task"]]["kind"] == "two_tower":

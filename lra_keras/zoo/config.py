@@ -9,6 +9,7 @@ import math
 import keras
 
 from lra_keras.layers import ATTENTIONS
+from lra_keras.layers.encoder.lra_encoder import POSITION_MODES
 from lra_keras.layers.encoder.sequence_pooling import POOLING_MODES
 from lra_keras.zoo import presets
 
@@ -38,6 +39,7 @@ MODEL_KEYS = (
     "attention_dropout",
     "pooling",
     "learned_positions",
+    "positions",
     "mask_padding",
     "attention_kwargs",
 )
@@ -212,6 +214,7 @@ def _preset_config(task: str, attention: str, preset: str) -> dict:
         "max_length": None,
         "image_shape": None,
         "mask_padding": not info.get("grid", False),
+        "positions": None,
     }
     config.update(copy.deepcopy(lra["data"]))
     if preset == "lra":
@@ -352,6 +355,8 @@ def validate_config(config: dict) -> dict:
             {k: v for k, v in config.items() if k not in ("task", "attention", "preset")}
             | {"vocab_size": 257},
         )
+    # Configs saved before `positions` existed follow their `learned_positions`.
+    config.setdefault("positions", None)
     missing = [k for k in CONFIG_KEYS if k not in config]
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if missing or unknown:
@@ -416,11 +421,38 @@ def validate_config(config: dict) -> dict:
     for key in ("learned_positions", "mask_padding"):
         if not isinstance(config[key], bool):
             raise ValueError(f"Config key `{key}` must be a bool, got {config[key]!r}.")
+    _resolve_positions(config)
     if not isinstance(config["attention_kwargs"], dict):
         raise ValueError(
             f"Config key `attention_kwargs` must be a dict, got {config['attention_kwargs']!r}."
         )
     return config
+
+
+def _resolve_positions(config: dict) -> None:
+    """Fills `positions` from `learned_positions` (the presets' key) and keeps both in step."""
+    positions = config["positions"]
+    if positions is None:
+        positions = "learned" if config["learned_positions"] else "sinusoidal"
+    if positions not in POSITION_MODES:
+        raise ValueError(
+            f"Config key `positions` must be one of {list(POSITION_MODES)}, got {positions!r}."
+        )
+    config["positions"] = positions
+    config["learned_positions"] = positions == "learned"
+    if positions != "rotary":
+        return
+    attention = config["attention"]
+    if attention in presets.RECURRENT_ATTENTIONS:
+        raise ValueError(
+            f"positions='rotary' does not apply to the segment-recurrent '{attention}' "
+            "encoder, which has relative positions of its own."
+        )
+    if not getattr(ATTENTIONS[attention], "supports_rotary", False):
+        raise ValueError(
+            f"Attention '{attention}' does not support positions='rotary' (it has no "
+            "query-key dot product to rotate); use 'learned' or 'sinusoidal'."
+        )
 
 
 def get_config(task: str, attention: str = "full", preset: str = "lra", **overrides) -> dict:

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from lra_keras.layers.attention import attention_utils
+from lra_keras.layers.encoder.rotary_embedding import RotaryEmbedding
 
 # MultiHeadAttention arguments this contract refuses, with what to use instead.
 _REFUSED_MHA_ARGUMENTS = {
@@ -132,6 +133,10 @@ class BaseAttention(keras.layers.Layer):
         kernel_constraint: Constraint of the projection kernels.
         bias_constraint: Constraint of the projection biases.
         seed: int. Seed of dropout, per-call noise and the random structure drawn at build.
+        rotary: bool. Rotate projected queries and keys by their positions (RoFormer) before
+            attending, so that q.k depends on relative position; variants without a
+            query-key dot product refuse it (`supports_rotary`).
+        rotary_max_wavelength: int. The rotary angles' longest wavelength.
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -178,6 +183,8 @@ class BaseAttention(keras.layers.Layer):
     needs_static_length = False
     supports_attention_scores = False
     supports_attention_mask = False
+    # Whether rotary positions can be applied to this variant's queries and keys.
+    supports_rotary = True
     # The registry name, set by `register_attention`.
     attention_name = "base"
 
@@ -197,6 +204,8 @@ class BaseAttention(keras.layers.Layer):
         kernel_constraint=None,
         bias_constraint=None,
         seed: int | None = None,
+        rotary: bool = False,
+        rotary_max_wavelength: int = 10000,
         **kwargs,
     ):
         refuse_mha_arguments(type(self).__name__, kwargs)
@@ -223,6 +232,22 @@ class BaseAttention(keras.layers.Layer):
         self._dropout_layer = keras.layers.Dropout(
             rate=self.dropout, seed=seed, dtype=self.dtype_policy
         )
+        self.rotary = bool(rotary)
+        self.rotary_max_wavelength = rotary_max_wavelength
+        self._rotary_embedding = None
+        if self.rotary:
+            if not self.supports_rotary:
+                raise self._capability_error(
+                    "rotary position embeddings (`rotary=True`)", self._no_rotary_reason
+                )
+            if self.key_dim % 2:
+                raise ValueError(
+                    f"{name}: rotary positions rotate feature pairs, so `key_dim` must be "
+                    f"even, got {self.key_dim}."
+                )
+            self._rotary_embedding = RotaryEmbedding(
+                max_wavelength=rotary_max_wavelength, dtype=self.dtype_policy, name="rotary"
+            )
 
     @property
     def output_shape(self):
@@ -390,6 +415,7 @@ class BaseAttention(keras.layers.Layer):
         q = self._query_dense(query)
         k = self._key_dense(attention_utils.zero_padded(key, kv_mask))
         v = self._value_dense(attention_utils.zero_padded(value, kv_mask))
+        q, k = self._rotate_queries_and_keys(q, k)
         extra = {}
         if self.supports_attention_mask:
             extra["attention_mask"] = (
@@ -418,6 +444,19 @@ class BaseAttention(keras.layers.Layer):
         if return_attention_scores:
             return output, scores
         return output
+
+    # Why a variant cannot take rotary positions (the capability error's detail).
+    _no_rotary_reason = ""
+
+    def _rotate_queries_and_keys(self, q, k):
+        """Rotary positions on projected queries and keys (positions 0.., aligned at 0).
+
+        Variants whose attention is not a dot product of q and k (the kernelised ones) override
+        this and rotate inside `_attend`.
+        """
+        if self._rotary_embedding is None:
+            return q, k
+        return self._rotary_embedding(q), self._rotary_embedding(k)
 
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} must implement `_attend`.")
@@ -494,4 +533,5 @@ class BaseAttention(keras.layers.Layer):
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(mha_config(self))
+        config.update({"rotary": self.rotary, "rotary_max_wavelength": self.rotary_max_wavelength})
         return config

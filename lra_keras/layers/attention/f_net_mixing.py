@@ -86,6 +86,7 @@ class FNetMixing(keras.layers.Layer):
     needs_static_length = False
     supports_attention_scores = False
     supports_attention_mask = False
+    supports_rotary = False
     # The registry name, set by `register_attention`.
     attention_name = "fnet"
 
@@ -108,6 +109,11 @@ class FNetMixing(keras.layers.Layer):
         **kwargs,
     ):
         refuse_mha_arguments(type(self).__name__, kwargs)
+        if kwargs.pop("rotary", False):
+            raise capability_error(
+                self, "rotary position embeddings (`rotary=True`)", "it has no queries or keys."
+            )
+        kwargs.pop("rotary_max_wavelength", None)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(

@@ -57,6 +57,10 @@ class LinearAttention(BaseAttention):
         Linear Attention", ICML 2020.
     """
 
+    # RoFormer rotates the feature maps in the numerator only; not wired here yet.
+    supports_rotary = False
+    _no_rotary_reason = "rotary positions for kernelised attention are not implemented yet."
+
     def __init__(
         self,
         num_heads: int,

@@ -98,6 +98,10 @@ class PerformerAttention(BaseAttention):
         Choromanski et al., "Rethinking Attention with Performers", ICLR 2021.
     """
 
+    # RoFormer rotates the feature maps in the numerator only; not wired here yet.
+    supports_rotary = False
+    _no_rotary_reason = "rotary positions for kernelised attention are not implemented yet."
+
     def __init__(
         self,
         num_heads: int,

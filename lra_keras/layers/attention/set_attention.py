@@ -71,6 +71,10 @@ class SetAttention(BaseAttention):
     supports_causal = False
     strictly_causal = False
     supports_cross_attention = True
+    # The inducing points have no position: a rotation would put absolute positions on the
+    # keys' side only.
+    supports_rotary = False
+    _no_rotary_reason = "its inducing points have no position to rotate by."
     needs_static_length = False
 
     def __init__(self, num_heads: int, key_dim: int, num_inducing_points: int = 32, **kwargs):

@@ -72,6 +72,8 @@ class SynthesizerAttention(BaseAttention):
     supports_cross_attention = False
     needs_static_length = True
     supports_attention_mask = True
+    supports_rotary = False
+    _no_rotary_reason = "its synthetic logits do not come from query-key dot products."
 
     def __init__(
         self,

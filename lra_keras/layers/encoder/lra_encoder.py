@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from lra_keras.layers.attention.registry import ATTENTIONS
 from lra_keras.layers.encoder.position_embedding import PositionEmbedding
 from lra_keras.layers.encoder.sinusoidal_position_embedding import SinusoidalPositionEmbedding
 from lra_keras.layers.encoder.transformer_encoder_block import TransformerEncoderBlock
@@ -13,13 +14,17 @@ from lra_keras.layers.recurrence.segment_recurrent_encoder import (
 )
 from lra_keras.layers.recurrence.segment_recurrent_encoder import SegmentRecurrentEncoder
 
+# How positions enter the encoder: added to the embeddings (a learned table or sinusoids), or
+# rotated into every block's queries and keys (RoFormer).
+POSITION_MODES = ("learned", "sinusoidal", "rotary")
+
 
 @keras.saving.register_keras_serializable(package="lra_keras")
 class LRAEncoder(keras.layers.Layer):
     """Token ids to contextual vectors, as the LRA reference's encoder (any attention).
 
     Embedding (normal init, stddev 1) -> [learned zero-initialised CLS vector prepended] ->
-    position embedding (learned or sinusoidal) -> dropout -> `num_layers` pre-LN
+    position embedding (learned or sinusoidal; none for rotary) -> dropout -> `num_layers` pre-LN
     `TransformerEncoderBlock`s -> final LayerNorm.
 
     Args:
@@ -37,9 +42,13 @@ class LRAEncoder(keras.layers.Layer):
         dropout: float. Dropout on embeddings and in the blocks.
         attention_dropout: float. Dropout on attention probabilities.
         use_cls_token: bool. Prepend a learned CLS vector (its mask is True).
-        learned_positions: bool. Learned position table instead of sinusoids.
+        learned_positions: bool. Learned position table instead of sinusoids (the same as
+            `positions="learned"`; kept for older configs).
         mask_padding: bool. Treat id 0 as padding (False for image tasks, where 0 is a pixel).
         causal: bool. Causal self-attention in every block.
+        positions: str. "learned", "sinusoidal" or "rotary" (RoFormer rotations of each
+            block's queries and keys, `rotary=True` on the attention; variants without a
+            query-key dot product refuse it); None follows `learned_positions`.
         **kwargs: Base layer arguments.
 
     Call arguments:
@@ -80,6 +89,7 @@ class LRAEncoder(keras.layers.Layer):
         learned_positions: bool = False,
         mask_padding: bool = True,
         causal: bool = False,
+        positions: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -98,6 +108,16 @@ class LRAEncoder(keras.layers.Layer):
         self.learned_positions = bool(learned_positions)
         self.mask_padding = bool(mask_padding)
         self.causal = bool(causal)
+        if positions is None:
+            positions = "learned" if self.learned_positions else "sinusoidal"
+        if positions not in POSITION_MODES:
+            raise ValueError(
+                f"LRAEncoder: `positions` must be one of {POSITION_MODES}, got {positions!r}."
+            )
+        self.positions = positions
+        self.learned_positions = positions == "learned"
+        if positions == "rotary":
+            self._check_rotary()
         self.token_embedding = keras.layers.Embedding(
             self.vocab_size,
             self.embed_dim,
@@ -106,7 +126,12 @@ class LRAEncoder(keras.layers.Layer):
             name="token_embedding",
         )
         seq_length = self.max_length + int(self.use_cls_token)
-        if self.learned_positions:
+        block_attention_kwargs = dict(self.attention_kwargs)
+        if self.positions == "rotary":
+            # Rotary positions live in every block's queries and keys, not in the embedding.
+            self.position_embedding = None
+            block_attention_kwargs["rotary"] = True
+        elif self.learned_positions:
             self.position_embedding = PositionEmbedding(
                 seq_length, dtype=self.dtype_policy, name="position_embedding"
             )
@@ -138,7 +163,7 @@ class LRAEncoder(keras.layers.Layer):
                     key_dim=self.key_dim,
                     mlp_dim=self.mlp_dim,
                     attention=self.attention,
-                    attention_kwargs=self.attention_kwargs,
+                    attention_kwargs=block_attention_kwargs,
                     dropout=self.dropout,
                     attention_dropout=self.attention_dropout,
                     dtype=self.dtype_policy,
@@ -149,6 +174,19 @@ class LRAEncoder(keras.layers.Layer):
         self.final_norm = keras.layers.LayerNormalization(
             epsilon=1e-6, dtype=self.dtype_policy, name="encoder_norm"
         )
+
+    def _check_rotary(self) -> None:
+        if self.attention in RECURRENT_BLOCKS:
+            raise ValueError(
+                f"LRAEncoder: positions='rotary' does not apply to the segment-recurrent "
+                f"'{self.attention}' encoder, which has relative positions of its own."
+            )
+        cls = ATTENTIONS.get(self.attention)
+        if cls is not None and not getattr(cls, "supports_rotary", False):
+            raise ValueError(
+                f"LRAEncoder: attention '{self.attention}' does not support positions='rotary' "
+                "(it has no query-key dot product to rotate); use 'learned' or 'sinusoidal'."
+            )
 
     def build(self, tokens_shape):
         if tokens_shape[1] is not None and tokens_shape[1] > self.max_length:
@@ -161,7 +199,8 @@ class LRAEncoder(keras.layers.Layer):
                 name="cls_token", shape=(1, 1, self.embed_dim), initializer="zeros"
             )
         seq_shape = (tokens_shape[0], self._seq_length(tokens_shape[1]), self.embed_dim)
-        self.position_embedding.build(seq_shape)
+        if self.position_embedding is not None:
+            self.position_embedding.build(seq_shape)
         for block in self.blocks:
             block.build(seq_shape)
         if self.recurrent is not None:
@@ -193,7 +232,8 @@ class LRAEncoder(keras.layers.Layer):
                 ops.cast(self.cls_token, x.dtype), (ops.shape(x)[0], 1, self.embed_dim)
             )
             x = ops.concatenate([cls, x], axis=1)
-        x = self.position_embedding(x)
+        if self.position_embedding is not None:
+            x = self.position_embedding(x)
         x = self.embedding_dropout(x, training=training)
         for block in self.blocks:
             x = block(x, padding_mask=mask, training=training, use_causal_mask=self.causal)
@@ -226,6 +266,7 @@ class LRAEncoder(keras.layers.Layer):
                 "learned_positions": self.learned_positions,
                 "mask_padding": self.mask_padding,
                 "causal": self.causal,
+                "positions": self.positions,
             }
         )
         return config

@@ -1,0 +1,107 @@
+"""Self-pretraining: corruption, targets, the per-token objective and the weight transfer."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lra_keras.training import objectives
+from lra_keras.training.pretraining_data import (
+    masked_denoising,
+    next_token_targets,
+    pretraining_dataset,
+)
+from lra_keras.zoo import build_model, get_config
+from lra_keras.zoo.pretraining import (
+    IGNORE_LABEL,
+    build_pretraining_model,
+    check_pretraining,
+    transfer_encoder_weights,
+)
+
+
+def _batches(tokens, two_tower=False):
+    tokens = tf.constant(tokens, tf.int32)
+    labels = tf.zeros((tokens.shape[0],), tf.int32)
+    if two_tower:
+        features = {"tokens_1": tokens, "tokens_2": tokens + 100}
+    else:
+        features = {"tokens": tokens}
+    return tf.data.Dataset.from_tensors((features, labels)).repeat(3)
+
+
+def test_masked_denoising_corrupts_real_tokens_only_and_keeps_originals_as_targets():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 50, size=(64, 40)).astype("int32")
+    tokens[:, 30:] = 0  # padding
+    corrupted, targets = masked_denoising(
+        tf.constant(tokens), tf.constant([3, 4]), vocab_size=50, mask_padding=True, rate=0.3
+    )
+    corrupted, targets = corrupted.numpy(), targets.numpy()
+    selected = targets != IGNORE_LABEL
+    assert not selected[:, 30:].any() and (corrupted[:, 30:] == 0).all()
+    np.testing.assert_array_equal(targets[selected], tokens[selected])
+    np.testing.assert_array_equal(corrupted[~selected], tokens[~selected])
+    share = selected[:, :30].mean()
+    assert 0.25 < share < 0.35
+    changed = (corrupted != tokens)[selected].mean()
+    assert 0.8 < changed < 0.95  # 90% replaced, a few by the same token
+    assert corrupted.min() >= 0 and corrupted.max() < 50
+    assert (corrupted[selected] != 0).all()  # never the padding id
+
+
+def test_next_token_targets_shift_and_stop_at_padding():
+    tokens = tf.constant([[5, 6, 7, 0, 0], [1, 2, 3, 4, 9]], tf.int32)
+    targets = next_token_targets(tokens, mask_padding=True).numpy()
+    np.testing.assert_array_equal(targets, [[6, 7, -1, -1, -1], [2, 3, 4, 9, -1]])
+
+
+def test_pretraining_dataset_is_deterministic_and_handles_two_towers():
+    tokens = np.random.default_rng(1).integers(1, 30, size=(4, 16))
+    ds = pretraining_dataset(_batches(tokens), "masked", vocab_size=30, mask_padding=True, seed=7)
+    first = [(f["tokens"].numpy(), t.numpy()) for f, t in ds]
+    again = [(f["tokens"].numpy(), t.numpy()) for f, t in ds]
+    assert len(first) == 3
+    for (a, b), (c, d) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+    # Each batch is corrupted differently.
+    assert (first[0][1] != first[1][1]).any()
+    two = pretraining_dataset(_batches(tokens, True), "causal", vocab_size=200, mask_padding=True)
+    seen = [f["tokens"].numpy() for f, _ in two]
+    assert len(seen) == 6
+    np.testing.assert_array_equal(seen[1], tokens + 100)
+    with pytest.raises(ValueError, match="objective"):
+        pretraining_dataset(_batches(tokens), "span", vocab_size=30, mask_padding=True)
+
+
+def test_token_prediction_objective_averages_over_scored_tokens():
+    labels = tf.constant([[1, -1, 2], [-1, -1, -1]], tf.int32)
+    logits = tf.math.log(
+        tf.constant(
+            [[[0.1, 0.8, 0.1], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.25, 0.25]], [[1 / 3] * 3] * 3]
+        )
+    )
+    loss, accuracy = objectives.token_prediction(labels, logits)
+    np.testing.assert_allclose(loss.numpy(), [(-np.log(0.8) - np.log(0.25)) / 2, 0.0], rtol=1e-5)
+    np.testing.assert_allclose(accuracy.numpy(), [0.5, 0.0])
+
+
+def test_pretraining_model_shares_the_task_encoder():
+    config = get_config("listops", "local", "tiny")
+    pre = build_pretraining_model(config, "masked")
+    tokens = np.random.default_rng(2).integers(1, 10, size=(2, config["max_length"]))
+    logits = pre({"tokens": tokens})
+    assert tuple(logits.shape) == (2, config["max_length"], config["vocab_size"])
+    model = build_model("listops", "local", "tiny")
+    transfer_encoder_weights(pre, model)
+    pairs = zip(pre.get_layer("encoder").weights, model.get_layer("encoder").weights, strict=True)
+    for a, b in pairs:
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    assert not any("pretrain_head" in w.path for w in model.weights)
+    causal = build_pretraining_model(config, "causal")
+    assert causal.get_layer("encoder").causal
+    with pytest.raises(ValueError, match="'bigbird'.*causal"):
+        check_pretraining(get_config("listops", "bigbird", "tiny"), "causal")
+    with pytest.raises(ValueError, match="differ"):
+        transfer_encoder_weights(pre, build_model("listops", "local", "tiny", num_layers=3))
