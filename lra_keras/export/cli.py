@@ -40,7 +40,8 @@ def load_trained_model(model_dir: str, checkpoint: str = "best"):
         )
     with tf.io.gfile.GFile(config_path) as f:
         config = json.load(f)
-    zoo_config = {k: v for k, v in config.items() if k != "trainer"}
+    # `trainer` and `run` describe how the model was trained, not the model.
+    zoo_config = {k: v for k, v in config.items() if k not in ("trainer", "run")}
     model = build_model_from_config(zoo_config)
     specs = {t.name.split(":")[0]: t.shape for t in model.inputs}
     model({name: tf.zeros((1,) + tuple(shape[1:]), tf.int32) for name, shape in specs.items()})

@@ -15,8 +15,10 @@ error (with its traceback).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
 
 from absl import app, flags, logging
 
@@ -57,6 +59,16 @@ flags.DEFINE_bool("jit_compile", False, "XLA-compile the training and evaluation
 flags.DEFINE_bool("export", True, "Export the best model at the end (--noexport to skip).")
 flags.DEFINE_multi_string("set", [], "Override a zoo config key: --set key=value (JSON value).")
 flags.DEFINE_integer("seed", 0, "Seed of weights, dropout and data order.")
+flags.DEFINE_enum(
+    "pretrain",
+    "none",
+    ["none", "masked", "causal"],
+    "Self-pretrain the encoder on the training split's inputs first: masked (denoising) or "
+    "causal (next token); then fine-tune on the labels (Amos et al. 2024).",
+)
+flags.DEFINE_integer(
+    "pretrain_steps", 0, "Optimizer steps of the --pretrain phase (in <model_dir>/pretrain)."
+)
 flags.DEFINE_integer("verbose", 1, "0 quiet, 1 progress bar, 2 log lines.")
 
 
@@ -95,12 +107,59 @@ def build_run_config() -> dict:
         raise app.UsageError(str(error)) from error
 
 
+def _exit_if_preempted(results: dict, phase: str) -> None:
+    if results.get("preempted"):
+        print(
+            f"preempted{phase} at step {results['step']}: checkpoint saved in "
+            f"{FLAGS.model_dir}; run the same command to resume.",
+            file=sys.stderr,
+        )
+        sys.exit(PREEMPTED_EXIT_STATUS)
+
+
+def _check_pretrain_flags(config: dict) -> None:
+    if FLAGS.pretrain == "none":
+        if FLAGS.pretrain_steps:
+            raise app.UsageError("--pretrain_steps needs --pretrain masked or causal.")
+        return
+    if FLAGS.pretrain_steps <= 0:
+        raise app.UsageError(
+            f"--pretrain {FLAGS.pretrain} needs --pretrain_steps > 0, got {FLAGS.pretrain_steps}."
+        )
+    from lra_keras.zoo.pretraining import check_pretraining
+
+    try:
+        check_pretraining(config, FLAGS.pretrain)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+
+
+def _pretrain(config: dict, train_data, strategy):
+    """The --pretrain phase in <model_dir>/pretrain; returns the pretrained model."""
+    from lra_keras.training.pretraining import pretrain_encoder
+
+    model, results = pretrain_encoder(
+        config,
+        FLAGS.pretrain,
+        steps=FLAGS.pretrain_steps,
+        train_data=train_data,
+        model_dir=FLAGS.model_dir,
+        seed=FLAGS.seed,
+        strategy=strategy,
+        grad_accum_steps=FLAGS.grad_accum_steps,
+        mixed_precision=FLAGS.mixed_precision,
+        jit_compile=FLAGS.jit_compile,
+        verbose=FLAGS.verbose,
+    )
+    _exit_if_preempted(results, " while pretraining")
+    return model
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = build_run_config()
-
-    import sys
+    _check_pretrain_flags(config)
 
     import keras
 
@@ -109,6 +168,7 @@ def main(argv) -> None:
     from lra_keras.training.strategies import make_strategy
     from lra_keras.training.trainer import Trainer
     from lra_keras.zoo import build_model_from_config
+    from lra_keras.zoo.pretraining import transfer_encoder_weights
 
     keras.utils.set_random_seed(FLAGS.seed)
     try:
@@ -128,14 +188,30 @@ def main(argv) -> None:
             seed=FLAGS.seed,
         )
 
-    try:
-        train_data = dataset("train")
-        eval_data = {split: dataset(split) for split in ("validation", "test")}
-    except (OSError, ValueError) as error:
-        # The data folder and the task's data options are the user's.
-        raise UserError(f"{error} (--data_dir {FLAGS.data_dir}, --task {task})") from error
+    def datasets(splits):
+        try:
+            return {split: dataset(split) for split in splits}
+        except (OSError, ValueError) as error:
+            # The data folder and the task's data options are the user's.
+            raise UserError(f"{error} (--data_dir {FLAGS.data_dir}, --task {task})") from error
+
+    train_data = datasets(["train"])["train"]
+    model_fn = functools.partial(build_model_from_config, config)
+    run_info = {"seed": FLAGS.seed}
+    if FLAGS.pretrain != "none":
+        pretrained = _pretrain(config, train_data, strategy)
+        run_info.update(pretrain=FLAGS.pretrain, pretrain_steps=FLAGS.pretrain_steps)
+
+        def model_fn():
+            # A resumed fine-tuning run restores its own checkpoint over these weights.
+            model = build_model_from_config(config)
+            transfer_encoder_weights(pretrained, model)
+            return model
+
+    # Validation and test are opened only now: the pretraining phase cannot read them.
+    eval_data = datasets(["validation", "test"])
     trainer = Trainer(
-        lambda: build_model_from_config(config),
+        model_fn,
         train_data,
         model_dir=FLAGS.model_dir,
         batch_size=batch,
@@ -154,17 +230,11 @@ def main(argv) -> None:
         jit_compile=FLAGS.jit_compile,
         profile_steps=FLAGS.profile_steps,
         verbose=FLAGS.verbose,
-        config=config,
+        config={**config, "run": run_info},
         export_fn="auto" if FLAGS.export else None,
     )
     results = trainer.train()
-    if results.get("preempted"):
-        print(
-            f"preempted at step {results['step']}: checkpoint saved in {FLAGS.model_dir}; "
-            "run the same command to resume.",
-            file=sys.stderr,
-        )
-        sys.exit(PREEMPTED_EXIT_STATUS)
+    _exit_if_preempted(results, "")
     best, last = results["best"], results["last"]
 
     def metrics(entry, split):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import tensorflow as tf
+
+from lra_keras.training import objectives
 
 
 class Evaluator:
@@ -20,10 +21,21 @@ class Evaluator:
         eval_data: dict split -> `tf.data.Dataset` of `(features, labels)` batches.
         max_eval_batches: int or None. At most this many batches per split.
         jit_compile: bool. XLA-compile the forward pass.
+        objective: the name of the loss and accuracy (`lra_keras.training.objectives`).
     """
 
-    def __init__(self, model, strategy, batching, eval_data, max_eval_batches, jit_compile):
+    def __init__(
+        self,
+        model,
+        strategy,
+        batching,
+        eval_data,
+        max_eval_batches,
+        jit_compile,
+        objective="classification",
+    ):
         self.model = model
+        self.objective = objectives.get(objective)
         self.strategy = strategy
         self.batching = batching
         self.data = {k: batching.prepare_eval(v, max_eval_batches) for k, v in eval_data.items()}
@@ -34,10 +46,7 @@ class Evaluator:
         return split in self.data
 
     def _replica_forward(self, features, labels, weights):
-        logits = tf.cast(self.model(features, training=False), tf.float32)
-        per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        predictions = tf.argmax(logits, axis=-1, output_type=labels.dtype)
-        correct = tf.cast(tf.equal(predictions, labels), tf.float32)
+        per_example, correct = self.objective(labels, self.model(features, training=False))
         return (
             tf.reduce_sum(per_example * weights),
             tf.reduce_sum(correct * weights),

@@ -36,3 +36,10 @@ def token_prediction(labels, logits):
 
 
 OBJECTIVES = {"classification": classification, "token_prediction": token_prediction}
+
+
+def get(name: str):
+    """The objective function called `name`; a ValueError lists the known names."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"Unknown objective {name!r}; objectives: {', '.join(OBJECTIVES)}.")
+    return OBJECTIVES[name]

@@ -53,8 +53,12 @@ def config_differences(saved: dict, new: dict) -> list[str]:
     new = _flatten(json.loads(json.dumps(new, default=str)))
     missing = object()
     changes = []
+    # Runs saved before the `run` section (seed, pretraining) existed resume as they were.
+    has_run_section = any(key.startswith("run.") for key in saved)
     for key in sorted(set(saved) | set(new)):
         old, now = saved.get(key, missing), new.get(key, missing)
+        if key.startswith("run.") and not has_run_section:
+            continue
         if old != now and key not in RESUMABLE_KEYS:
             old = "(unset)" if old is missing else json.dumps(old)
             now = "(unset)" if now is missing else json.dumps(now)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from lra_keras.training import objectives
+
 
 def make_optimizer(schedule, weight_decay: float, mixed_precision: str):
     """The LRA optimizer: AdamW (beta_2 0.98, epsilon 1e-9), decoupled decay on all weights.
@@ -84,8 +86,10 @@ class TrainStep:
         grad_accum_steps,
         grad_clip_norm,
         jit_compile,
+        objective="classification",
     ):
         self.model = model
+        self.objective = objectives.get(objective)
         self.optimizer = optimizer
         self.strategy = strategy
         self.batch_size = batch_size
@@ -104,10 +108,7 @@ class TrainStep:
     def _compute_grads(self, features, labels):
         with tf.GradientTape() as tape:
             logits = self.model(features, training=True)
-            logits = tf.cast(logits, tf.float32)
-            per_example = keras.losses.sparse_categorical_crossentropy(
-                labels, logits, from_logits=True
-            )
+            per_example, correct = self.objective(labels, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.batch_size)
             if self.model.losses:
                 extra = tf.add_n([tf.cast(x, tf.float32) for x in self.model.losses])
@@ -118,9 +119,7 @@ class TrainStep:
             if self._loss_scaled():
                 total = self.optimizer.scale_loss(total)
         grads = tape.gradient(total, self.model.trainable_variables)
-        predictions = tf.argmax(logits, axis=-1, output_type=labels.dtype)
-        correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
-        return loss, extra, correct, grads
+        return loss, extra, tf.reduce_sum(correct), grads
 
     def _finalize_grads(self, grads):
         if self.grad_clip_norm is None:

@@ -18,6 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from lra_keras.errors import UserError
+from lra_keras.training import objectives
 from lra_keras.training.evaluation import Evaluator, improves
 from lra_keras.training.lra_schedule import LRASchedule
 from lra_keras.training.run_state import RunState
@@ -116,6 +117,9 @@ class Trainer:
         config: dict written into `results.json` (the run's configuration).
         export_fn: callable `(model, path)` run at the end on the best weights, or "auto"
             (`lra_keras.export.export_saved_model` when importable), or None.
+        objective: "classification" (labels `[batch]`, logits `[batch, classes]`) or
+            "token_prediction" (self-pretraining: labels `[batch, length]`, -1 where not
+            scored; logits `[batch, length, vocab]`), `lra_keras.training.objectives`.
 
     Example:
 
@@ -164,6 +168,7 @@ class Trainer:
         keep_checkpoints: int = 3,
         config: dict | None = None,
         export_fn: Callable | str | None = "auto",
+        objective: str = "classification",
     ):
         self.batch_size = _positive("batch_size", batch_size)
         self.num_train_steps = _positive("num_train_steps", num_train_steps)
@@ -192,6 +197,11 @@ class Trainer:
         self.verbose = verbose
         self.config = dict(config or {})
         self.export_fn = export_fn
+        if objective not in objectives.OBJECTIVES:
+            raise UserError(
+                f"`objective` must be one of {list(objectives.OBJECTIVES)}; received {objective!r}."
+            )
+        self.objective = objective
 
         self.strategy = strategy or tf.distribute.get_strategy()
         self.is_chief, self.worker_index, self.num_workers = worker_info(self.strategy)
@@ -263,6 +273,7 @@ class Trainer:
             eval_data,
             self.max_eval_batches,
             self.jit_compile,
+            self.objective,
         )
         all_vars = list(self.model.variables)
         checkpoint = tf.train.Checkpoint(
@@ -289,6 +300,7 @@ class Trainer:
             grad_accum_steps=self.grad_accum_steps,
             grad_clip_norm=self.grad_clip_norm,
             jit_compile=self.jit_compile,
+            objective=self.objective,
         )
 
     def _distribute(self, batch):

@@ -1,5 +1,7 @@
 """Self-pretraining: corruption, targets, the per-token objective and the weight transfer."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -105,3 +107,56 @@ def test_pretraining_model_shares_the_task_encoder():
         check_pretraining(get_config("listops", "bigbird", "tiny"), "causal")
     with pytest.raises(ValueError, match="differ"):
         transfer_encoder_weights(pre, build_model("listops", "local", "tiny", num_layers=3))
+
+
+def test_lra_train_pretrains_on_train_only_then_fine_tunes_and_resumes(tmp_path):
+    import json
+    import shutil
+    import subprocess
+
+    from lra_keras.data.listops_generator import write_listops
+    from tests.training.test_train_cli import lra_train
+    from tests.training.test_trainer import ENV, ROOT, assert_one_line_error
+
+    full = tmp_path / "full"
+    write_listops(str(full), num_train=64, num_val=16, num_test=16, min_length=5, max_length=60)
+    # Only the training file: pretraining must finish without validation or test data.
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(full / "basic_train.tsv", data)
+    model_dir = tmp_path / "run"
+    flags = ("--pretrain", "masked", "--pretrain_steps", "3", "--num_train_steps", "2")
+    flags += ("--eval_every", "2")
+
+    def run(*extra):
+        cmd = lra_train(data, model_dir, *flags, *extra)
+        return subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    proc = run()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert_one_line_error(proc, "basic_val")
+    pretrain = json.loads((model_dir / "pretrain" / "results.json").read_text())
+    assert pretrain["step"] == 3 and "validation" not in pretrain["last"]
+
+    for name in ("basic_val.tsv", "basic_test.tsv"):
+        shutil.copy(full / name, data)
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((model_dir / "results.json").read_text())
+    assert results["step"] == 2 and "test" in results["best"]
+    assert results["config"]["run"]["pretrain"] == "masked"
+    # The finished phase was restored, not trained again; both phases keep their logs.
+    assert json.loads((model_dir / "pretrain" / "results.json").read_text())["step"] == 3
+    assert os.listdir(model_dir / "pretrain" / "logs" / "train")
+    assert os.listdir(model_dir / "logs" / "train")
+
+    proc = subprocess.run(
+        lra_train(data, model_dir, "--pretrain", "causal", *flags[2:]),
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "run.objective")
