@@ -17,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from lra_keras.training.lra_schedule import LRASchedule
+from lra_keras.training.optimizers import build_optimizer
 from lra_keras.training.strategies import worker_info
 
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
@@ -269,8 +270,11 @@ class Trainer:
             )
             # Clipping is done here, not by Keras: Keras clips each replica's partial
             # gradient before the all-reduce (and a scaled one under loss scaling).
-            optimizer = keras.optimizers.AdamW(
-                learning_rate=self.schedule,
+            # State-space layers (s4d) get their own learning rate and no weight decay.
+            optimizer = build_optimizer(
+                self.model,
+                self.schedule,
+                learning_rate=learning_rate,
                 weight_decay=float(weight_decay or 0.0),
                 beta_1=0.9,
                 beta_2=0.98,
