@@ -32,6 +32,17 @@ import time
 from benchmarks.child_process import run_json_child
 
 BASELINE = "keras_mha"
+# The text model's keys that every row shares, whatever the variant's own preset says.
+SAME_MODEL_KEYS = (
+    "num_layers",
+    "num_heads",
+    "embed_dim",
+    "qkv_dim",
+    "mlp_dim",
+    "dropout",
+    "attention_dropout",
+    "pooling",
+)
 
 
 def _worker_matmul(size: int = 2048, reps: int = 10) -> dict:
@@ -93,10 +104,15 @@ def build_text_model(attention: str, length: int, preset: str = "lra"):
     import keras
 
     import lra_keras.layers.encoder.transformer_encoder_block as block_module
-    from lra_keras.zoo import build_model
+    from lra_keras.zoo import build_model, get_config
 
     if attention != BASELINE:
-        return build_model("text", attention, preset, **text_overrides(attention, length))
+        # Every row is the same text model (the `full` one): variants with a model preset of
+        # their own (s4d: S4's 6 layers, no CLS) would change more than the attention.
+        base = get_config("text", "full", preset)
+        overrides = {key: base[key] for key in SAME_MODEL_KEYS}
+        overrides.update(text_overrides(attention, length))
+        return build_model("text", attention, preset, **overrides)
 
     def make_mha(name, /, **kwargs):
         kwargs.pop("seed", None)

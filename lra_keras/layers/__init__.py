@@ -20,6 +20,7 @@ from lra_keras.layers.attention.performer_attention import PerformerAttention
 from lra_keras.layers.attention.reformer_attention import ReformerAttention
 from lra_keras.layers.attention.registry import ATTENTIONS, get_attention, register_attention
 from lra_keras.layers.attention.routing_attention import RoutingAttention
+from lra_keras.layers.attention.s4d_mixing import S4DMixing
 from lra_keras.layers.attention.set_attention import SetAttention
 from lra_keras.layers.attention.sinkhorn_attention import SinkhornAttention
 from lra_keras.layers.attention.sparse_attention import SparseAttention
@@ -58,6 +59,7 @@ __all__ = [
     "RotaryEmbedding",
     "RoutingAttention",
     "RelativeMultiHeadAttention",
+    "S4DMixing",
     "SegmentRecurrentEncoder",
     "SequencePooling",
     "SetAttention",

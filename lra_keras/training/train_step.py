@@ -6,17 +6,23 @@ import keras
 import tensorflow as tf
 
 from lra_keras.training import objectives
+from lra_keras.training.optimizers import build_optimizer
 
 
-def make_optimizer(schedule, weight_decay: float, mixed_precision: str):
-    """The LRA optimizer: AdamW (beta_2 0.98, epsilon 1e-9), decoupled decay on all weights.
+def make_optimizer(
+    model, schedule, learning_rate: float, weight_decay: float, mixed_precision: str
+):
+    """The LRA optimizer: AdamW (beta_2 0.98, epsilon 1e-9) with decoupled weight decay.
 
-    One place to change how parameters are optimised (e.g. other settings for some weights).
+    State-space layers (s4d) declare parameters that train at their own learning rate without
+    weight decay (`lra_keras.training.optimizers.build_optimizer`); `model` must be built.
     """
     # Clipping is done by the step, not by Keras: Keras clips each replica's partial
     # gradient before the all-reduce (and a scaled one under loss scaling).
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=schedule,
+    optimizer = build_optimizer(
+        model,
+        schedule,
+        learning_rate=learning_rate,
         weight_decay=float(weight_decay or 0.0),
         beta_1=0.9,
         beta_2=0.98,

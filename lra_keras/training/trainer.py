@@ -101,7 +101,8 @@ class Trainer:
         strategy: a `tf.distribute.Strategy`; the current one by default.
         learning_rate, weight_decay, warmup_steps, schedule, steps_per_cycle: the LRA
             optimiser settings (`LRASchedule`; decoupled weight decay on all weights, as the
-            reference's Adam).
+            reference's Adam, except state-space parameters: their own learning rate, no
+            decay).
         grad_clip_norm: float or None. Clip the global gradient norm.
         grad_accum_steps: int. Micro-batches per optimizer step.
         eval_every: int. Evaluate on `"validation"` every this many steps (and at the end).
@@ -253,7 +254,9 @@ class Trainer:
                 schedule=schedule,
                 steps_per_cycle=steps_per_cycle or self.num_train_steps,
             )
-            self.optimizer = make_optimizer(self.schedule, weight_decay, self.mixed_precision)
+            self.optimizer = make_optimizer(
+                self.model, self.schedule, learning_rate, weight_decay, self.mixed_precision
+            )
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(
                 0,

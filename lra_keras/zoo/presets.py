@@ -324,3 +324,57 @@ TINY_ATTENTION = {
     "set": {"num_inducing_points": 8},
     "nystrom": {"num_landmarks": 8},
 }
+
+# ----------------------------------------------------------------- S4D (the `s4d` mixer)
+# The state-spaces repository's LRA configurations (github.com/state-spaces/s4, commit 62a14bb,
+# configs/experiment/lra/s4-{listops,imdb,aan,cifar,pathfinder,pathx}.yaml), the settings of
+# the S4/S4D papers' LRA tables (Gu, Goel and Re, ICLR 2022, appendix D.2; Gu, Gupta, Goel and
+# Re, "On the Parameterization and Initialization of Diagonal State Space Models", NeurIPS
+# 2022, appendix C) as last revised. Columns: depth, width H, normalisation, pre-norm,
+# dropout, learning rate, batch, training steps, epochs, state size N, dt range. Every task:
+# AdamW, weight decay 0.05, cosine decay after a 10% linear warmup, bidirectional, mean
+# pooling, the state-space parameters at learning rate 0.001 without weight decay.
+# Not carried over: the zoo's block is pre-LayerNorm with an MLP after the mixer (S4's block
+# is the S4 layer alone under BatchNorm, pre- or post-norm as listed: recorded, not applied);
+# its A and B are per channel (the repo shares one copy, `n_ssm: 1`, on listops/imdb/aan/
+# cifar) with S4D-Lin initialisation (the repo: `init: legs`); on listops/imdb/aan the repo
+# trains dt at the base learning rate (`lr.dt: null`), here at 0.001 with A and B.
+S4D_LRA_TABLE = {
+    "listops": (6, 256, "batch", False, 0.0, 0.01, 32, 120000, 40, 4, (0.001, 0.1)),
+    "text": (6, 256, "batch", True, 0.0, 0.01, 16, 50000, 32, 4, (0.001, 0.1)),
+    "retrieval": (6, 256, "batch", True, 0.0, 0.01, 64, 50000, 20, 4, (0.001, 0.1)),
+    "image": (6, 512, "batch", False, 0.1, 0.01, 50, 180000, 200, 64, (0.001, 0.1)),
+    "pathfinder": (6, 256, "batch", True, 0.0, 0.004, 64, 500000, 200, 64, (0.001, 0.1)),
+    "pathx": (6, 256, "batch", True, 0.0, 0.002, 16, 500000, 50, 64, (0.0001, 0.1)),
+}
+# Not in the repository: Pathfinder-64 as Pathfinder-32, Pathfinder-256 as Path-X.
+S4D_LRA_TABLE["pathfinder64"] = S4D_LRA_TABLE["pathfinder"]
+S4D_LRA_TABLE["pathfinder256"] = S4D_LRA_TABLE["pathx"]
+S4D_SSM_LEARNING_RATE = 0.001
+
+
+def s4d_preset(task: str, preset: str) -> tuple[dict, dict]:
+    """(config keys, attention_kwargs) of the `s4d` mixer on `task` for `lra` or `small`.
+
+    `lra`: the table above. `small`: the same optimiser at a quarter of the steps, on half
+    the depth (at least 2) and a quarter of the width (at least 64).
+    """
+    depth, width, _, _, dropout, lr, batch, steps, epochs, state, dt = S4D_LRA_TABLE[task]
+    steps_per_epoch = steps // epochs
+    if preset == "small":
+        depth, width, steps = max(2, depth // 2), max(64, width // 4), steps // 4
+    config = _model(depth, 1, width, width, 2 * width, dropout=dropout, attention_dropout=dropout)
+    config.update(
+        _train(batch, lr, 0.05, steps // 10, "cosine", steps, steps_per_epoch),
+        pooling="mean",
+    )
+    kwargs = {
+        "state_dim": state,
+        "dt_min": dt[0],
+        "dt_max": dt[1],
+        "ssm_learning_rate": S4D_SSM_LEARNING_RATE,
+    }
+    return config, kwargs
+
+
+TINY_ATTENTION["s4d"] = {"state_dim": 16}

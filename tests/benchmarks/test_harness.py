@@ -193,6 +193,18 @@ def test_keras_mha_baseline_counts_the_same_flops_as_full():
     assert efficiency.model_flops(baseline, 2, 64) == efficiency.model_flops(full, 2, 64)
 
 
+def test_every_efficiency_row_is_the_same_text_model():
+    # s4d's own preset (S4's 6 layers, mean pooling) must not change the benchmarked model.
+    full = efficiency.build_text_model("full", 64, "lra").get_layer("encoder")
+    s4d = efficiency.build_text_model("s4d", 64, "lra").get_layer("encoder")
+    assert (len(s4d.blocks), s4d.embed_dim, s4d.use_cls_token) == (
+        len(full.blocks),
+        full.embed_dim,
+        full.use_cls_token,
+    )
+    assert s4d.blocks[0].mlp_dim == full.blocks[0].mlp_dim
+
+
 def test_accuracy_table_keeps_failures(monkeypatch):
     results = [
         {

@@ -38,6 +38,8 @@ CASES = {
     },
     "nystrom": {"kwargs": {"num_landmarks": 4, "conv_kernel_size": 3}},
     "fnet": {"kwargs": {}},
+    # A small state; FFTs of 2L and a Vandermonde kernel: L log L, about 2.2x per doubling.
+    "s4d": {"kwargs": {"state_dim": 8}},
     "set": {"kwargs": {"num_inducing_points": 4}},
     # L^2 / c pairs: quadratic at a fixed rate.
     "memory_compressed": {"kwargs": {"compression_rate": 3}, "quadratic": True},

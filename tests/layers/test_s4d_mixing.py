@@ -1,0 +1,235 @@
+"""S4D against the paper's definitions, run step by step in numpy (complex128)."""
+
+import math
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from lra_keras.layers import S4DMixing, get_attention
+from tests.layers.reference import lengths_mask
+
+DIM, STATE = 6, 8
+
+
+def make_layer(length=9, **kwargs):
+    kwargs.setdefault("state_dim", STATE)
+    kwargs.setdefault("seed", 7)
+    layer = S4DMixing(**kwargs)
+    layer.build((2, length, DIM))
+    # Move A, B and dt off their initial values so that every parameter is exercised.
+    rng = np.random.default_rng(3)
+    for var in (layer.log_a_real, layer.a_imag, layer.b_real, layer.b_imag):
+        var.assign(var.numpy() + rng.normal(scale=0.3, size=var.shape).astype("float32"))
+    layer.log_dt.assign(rng.uniform(math.log(0.01), math.log(0.3), size=DIM).astype("float32"))
+    return layer
+
+
+def ssm_parameters(layer):
+    """The paper's continuous parameters and their zero-order-hold discretisation, complex128."""
+    w = {v.path.split("/")[-1]: v.numpy().astype(np.float64) for v in layer.weights}
+    a = -np.exp(w["log_a_real"]) + 1j * w["a_imag"]  # [H, N/2]
+    dt = np.exp(w["log_dt"])[:, None]
+    b = w["b_real"] + 1j * w["b_imag"]
+    c = w["c_real"] + 1j * w["c_imag"]  # [dirs, H, N/2]
+    a_bar = np.exp(dt * a)
+    b_bar = (a_bar - 1.0) / a * b
+    # The conjugate modes that the layer leaves implicit: N states per channel, a real output.
+    a_bar, b_bar = (
+        np.concatenate([a_bar, a_bar.conj()], -1),
+        np.concatenate([b_bar, b_bar.conj()], -1),
+    )
+    c = np.concatenate([c, c.conj()], -1)
+    return a_bar, b_bar, c, w["d_skip"], w
+
+
+def recurrence(u, a_bar, b_bar, c):
+    """x_k = A_bar x_{k-1} + B_bar u_k, y_k = Re(C x_k), one step at a time; u [L, H]."""
+    x = np.zeros(a_bar.shape, complex)
+    out = np.zeros(u.shape)
+    for k in range(u.shape[0]):
+        x = a_bar * x + b_bar * u[k][:, None]
+        out[k] = np.real(np.sum(c * x, -1))
+    return out
+
+
+def reference_ssm(u, layer, causal):
+    """The SSM part (before the activation) for one sequence u [L, H], from the recurrence."""
+    a_bar, b_bar, c, d, _ = ssm_parameters(layer)
+    y = recurrence(u, a_bar, b_bar, c[0])
+    if layer.bidirectional and not causal:
+        # The backward SSM runs from the end; position t receives the state after u_{t+1}.
+        back = recurrence(u[::-1], a_bar, b_bar, c[1])[::-1]
+        y[:-1] += back[1:]
+    return y + d * u
+
+
+def reference_layer(u, layer, causal=False):
+    """The whole layer: SSM, exact GELU, Dense(2H) and GLU, in numpy."""
+    from scipy.special import erf
+
+    _, _, _, _, w = ssm_parameters(layer)
+    y = reference_ssm(u, layer, causal)
+    y = 0.5 * y * (1.0 + erf(y / np.sqrt(2.0)))
+    y = y @ w["kernel"] + w["bias"]
+    a, b = y[:, :DIM], y[:, DIM:]
+    return a / (1.0 + np.exp(-b))
+
+
+def ssm_of_layer(layer, u, causal):
+    """The layer's FFT path with the D skip, before the activation: [batch, L, H]."""
+    conv = layer._convolve(
+        keras.ops.convert_to_tensor(np.transpose(u, (0, 2, 1))), u.shape[1], causal=causal
+    )
+    return np.transpose(keras.ops.convert_to_numpy(conv), (0, 2, 1)) + u * layer.d_skip.numpy()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("length", [1, 9, 50])
+def test_fft_path_equals_the_recurrence(length, causal):
+    layer = make_layer(length)
+    u = np.random.default_rng(length).normal(size=(2, length, DIM)).astype("float32")
+    got = ssm_of_layer(layer, u, causal)
+    want = np.stack([reference_ssm(x.astype(np.float64), layer, causal) for x in u])
+    error = np.abs(got - want).max()
+    print(f"recurrence vs FFT (L={length}, causal={causal}): max abs error {error:.2e}")
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_whole_layer_equals_reference():
+    layer = make_layer(12)
+    u = np.random.default_rng(1).normal(size=(2, 12, DIM)).astype("float32")
+    for causal in (False, True):
+        got = keras.ops.convert_to_numpy(layer(u, u, use_causal_mask=causal))
+        want = np.stack([reference_layer(x.astype(np.float64), layer, causal) for x in u])
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("length", [1, 2, 37, 1000])
+def test_kernel_equals_the_vandermonde_formula(length):
+    layer = make_layer(length)
+    a_bar, b_bar, c, _, _ = ssm_parameters(layer)
+    # K_l = Re(sum_n C_n B_bar_n A_bar_n^l), over all N modes (conjugates included).
+    powers = a_bar[..., None] ** np.arange(length)
+    want = np.real(np.einsum("dhn,hnl->dhl", c * b_bar[None], powers))
+    got = keras.ops.convert_to_numpy(layer.convolution_kernel(length))
+    assert got.shape == (2, DIM, length)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_kernel_with_unknown_length_in_a_graph():
+    import tensorflow as tf
+
+    layer = make_layer(9)
+    fn = tf.function(layer.convolution_kernel, input_signature=[tf.TensorSpec((), tf.int32)])
+    for length in (5, 23):
+        np.testing.assert_allclose(
+            fn(tf.constant(length)).numpy(),
+            keras.ops.convert_to_numpy(layer.convolution_kernel(length)),
+            atol=1e-6,
+        )
+
+
+@pytest.mark.parametrize("init", ["lin", "inv"])
+def test_initialisation_follows_the_paper(init):
+    n = 16
+    layer = S4DMixing(state_dim=n, init=init, seed=2)
+    layer.build((1, 4, DIM))
+    index = np.arange(n // 2)
+    if init == "lin":
+        imag = np.pi * index
+    else:
+        imag = n / np.pi * (n / (2 * index + 1) - 1)
+    np.testing.assert_allclose(layer.a_imag.numpy(), np.broadcast_to(imag, (DIM, n // 2)), 1e-6)
+    np.testing.assert_allclose(-np.exp(layer.log_a_real.numpy()), -0.5, rtol=1e-6)
+    log_dt = layer.log_dt.numpy()
+    assert np.all(log_dt >= math.log(0.001)) and np.all(log_dt <= math.log(0.1))
+    assert len(set(np.round(log_dt, 6))) == DIM
+    # Seeded weights are drawn with distinct seeds: C's real and imaginary parts differ.
+    assert not np.allclose(layer.c_real.numpy(), layer.c_imag.numpy())
+    assert not np.allclose(layer.c_real.numpy()[0], layer.c_real.numpy()[1])
+
+
+def test_strictly_causal_and_bidirectional_sees_the_future():
+    layer = make_layer(16)
+    x = np.random.default_rng(0).normal(size=(2, 16, DIM)).astype("float32")
+    changed = x.copy()
+    changed[:, 9:] += 1.0
+    for causal in (True, False):
+        y = keras.ops.convert_to_numpy(layer(x, x, use_causal_mask=causal))
+        y2 = keras.ops.convert_to_numpy(layer(changed, changed, use_causal_mask=causal))
+        if causal:
+            np.testing.assert_allclose(y2[:, :9], y[:, :9], atol=1e-6)
+        else:
+            assert np.abs(y2[:, :9] - y[:, :9]).max() > 1e-3
+    one_way = make_layer(16, bidirectional=False)
+    y = keras.ops.convert_to_numpy(one_way(x, x))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(one_way(changed, changed))[:, :9], y[:, :9], atol=1e-6
+    )
+
+
+def test_real_outputs_do_not_depend_on_the_padded_length():
+    # Unlike FNet, the convolution is linear (not circular): the same sentence padded to two
+    # lengths gives the same outputs, in both directions.
+    layer = make_layer(20)
+    x = np.random.default_rng(2).normal(size=(1, 11, DIM)).astype("float32")
+    y_short = keras.ops.convert_to_numpy(layer(x, x))
+    padded = np.concatenate([x, np.full((1, 9, DIM), 7.0, "float32")], axis=1)
+    mask = lengths_mask([11], 20)
+    y_long = keras.ops.convert_to_numpy(layer(padded, padded, query_mask=mask, value_mask=mask))
+    np.testing.assert_allclose(y_long[:, :11], y_short, atol=1e-5)
+    np.testing.assert_array_equal(y_long[:, 11:], 0.0)
+
+
+def test_state_space_variables_and_bad_arguments():
+    layer = make_layer(4)
+    names = sorted(v.path.split("/")[-1] for v in layer.state_space_variables)
+    assert names == ["a_imag", "b_imag", "b_real", "log_a_real", "log_dt"]
+    for bad, match in (
+        ({"state_dim": 7}, "state_dim.*even"),
+        ({"init": "legs"}, "init"),
+        ({"dt_min": 0.2, "dt_max": 0.1}, "dt_min"),
+        ({"activation": "softmax"}, "activation"),
+        ({"ssm_learning_rate": 0.0}, "ssm_learning_rate"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            S4DMixing(**bad)
+    with pytest.raises(ValueError, match="output_shape"):
+        get_attention("s4d", output_shape=5)(
+            np.zeros((1, 3, 4), "float32"), np.zeros((1, 3, 4), "float32")
+        )
+
+
+@pytest.mark.slow
+def test_jax_backend_matches_tensorflow():
+    """The layer on the JAX backend (fresh process) gives the TensorFlow backend's outputs.
+
+    The weights are set from numpy: Keras' seeded initializers draw differently per backend.
+    """
+    code = (
+        "import numpy as np, keras\n"
+        "from lra_keras.layers import get_attention\n"
+        "layer = get_attention('s4d', state_dim=8, seed=5)\n"
+        "x = np.random.default_rng(0).normal(size=(2, 19, 6)).astype('float32')\n"
+        "m = np.arange(19)[None] < np.array([[19], [11]])\n"
+        "layer.build(x.shape)\n"
+        "rng = np.random.default_rng(1)\n"
+        "layer.set_weights([rng.normal(size=w.shape) * 0.5 for w in layer.get_weights()])\n"
+        "y = layer(x, x, query_mask=m, value_mask=m)\n"
+        "y2 = layer(x, x, query_mask=m, value_mask=m, use_causal_mask=True)\n"
+        "out = [keras.ops.convert_to_numpy(t) for t in (y, y2)]\n"
+        "np.save(__import__('sys').argv[1], np.stack(out))\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    outputs = {}
+    for backend in ("jax", "tensorflow"):
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"s4d_{backend}_{os.getpid()}.npy")
+        env = dict(os.environ, PYTHONPATH=root, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="")
+        subprocess.run([sys.executable, "-c", code, path], env=env, check=True, timeout=300)
+        outputs[backend] = np.load(path)
+        os.remove(path)
+    np.testing.assert_allclose(outputs["jax"], outputs["tensorflow"], atol=1e-5)
