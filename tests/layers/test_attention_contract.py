@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lra_keras.layers import ATTENTIONS, get_attention
+from lra_keras.layers import ATTENTIONS, TransformerEncoderBlock, get_attention
 from tests.layers.attention_cases import CASES, case
 from tests.layers.reference import lengths_mask
 
@@ -245,3 +245,51 @@ def test_non_finite_padding_gives_zero_padded_rows(name):
     y2 = call(layer, poisoned, mask)
     np.testing.assert_array_equal(y2[~mask], 0.0)
     np.testing.assert_allclose(y2[mask], y[mask], atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------ drop-in: Keras masks, lengths, seeds, dtypes
+
+
+def token_ids(name, seed=0):
+    """[2, L] ids in 1..19 with the second row zero-padded (id 0 = padding)."""
+    _, mask = inputs(name)
+    ids = np.random.default_rng(seed).integers(1, 20, size=mask.shape)
+    return np.where(mask, ids, 0).astype("int32"), mask
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_keras_implicit_mask_equals_explicit_masks(name):
+    # The everyday Keras input: an Embedding with mask_zero=True feeding the layer (and the
+    # encoder block) in a functional model, with no mask passed by hand.
+    ids, mask = token_ids(name)
+    tokens = keras.Input(ids.shape[1:], dtype="int32")
+    embedding = keras.layers.Embedding(20, DIM, mask_zero=True)
+    seq = embedding(tokens)
+    layer = make_layer(name)
+    block = TransformerEncoderBlock(
+        num_heads=HEADS,
+        key_dim=KEY_DIM,
+        mlp_dim=8,
+        attention=name,
+        attention_kwargs=dict(case(name)["kwargs"], seed=3),
+    )
+    model = keras.Model(tokens, [layer(seq, seq), block(seq)])
+    y, y_block = (keras.ops.convert_to_numpy(t) for t in model(ids))
+    x = keras.ops.convert_to_numpy(embedding(ids))
+    np.testing.assert_allclose(y, call(layer, x, mask), atol=1e-6)
+    explicit = keras.ops.convert_to_numpy(block(x, padding_mask=mask))
+    np.testing.assert_allclose(y_block, explicit, atol=1e-6)
+    # The mask flows on to the next layer, as after MultiHeadAttention.
+    assert model.outputs[0]._keras_mask is not None
+
+
+def test_keras_implicit_mask_full_equals_multi_head_attention():
+    ids, mask = token_ids("full")
+    tokens = keras.Input(ids.shape[1:], dtype="int32")
+    seq = keras.layers.Embedding(20, DIM, mask_zero=True)(tokens)
+    mha = keras.layers.MultiHeadAttention(num_heads=HEADS, key_dim=KEY_DIM)
+    full = make_layer("full")
+    model = keras.Model(tokens, [mha(seq, seq), full(seq, seq)])
+    full.load_mha_weights(mha)
+    y_mha, y_full = (keras.ops.convert_to_numpy(t) for t in model(ids))
+    np.testing.assert_allclose(y_full[mask], y_mha[mask], atol=1e-5)

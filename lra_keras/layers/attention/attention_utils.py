@@ -82,6 +82,18 @@ def zero_padded(x, mask):
     return ops.where(mask, x, ops.zeros((), x.dtype))
 
 
+def without_keras_mask(x):
+    """`x` without its Keras implicit mask (`Embedding(mask_zero=True)`), as a real copy.
+
+    A layer that consumes the mask itself hands its sublayers (which do not support masking)
+    an unmasked tensor. The copy is `ops.copy`: `ops.identity(n)` builds an n x n identity
+    matrix in Keras 3, it does not copy a tensor.
+    """
+    if getattr(x, "_keras_mask", None) is None:
+        return x
+    return ops.copy(x)
+
+
 def static_length(x, axis: int, variant: str) -> int:
     """The static size of `axis` of `x`; a clear ValueError when it is unknown."""
     length = x.shape[axis]

@@ -365,11 +365,9 @@ class BaseAttention(keras.layers.Layer):
         # Keras fills `query_mask`/`value_mask`/`key_mask` from the inputs' implicit masks
         # (`Embedding(mask_zero=True)`) in `__call__`, as for MultiHeadAttention. The masks are
         # consumed here, so the projections get unmasked copies (they do not support masking).
-        if hasattr(query, "_keras_mask"):
-            query = ops.identity(query)
-        if hasattr(value, "_keras_mask"):
-            value = ops.identity(value)
-        key = value if key_is_value else (ops.identity(key) if hasattr(key, "_keras_mask") else key)
+        query = attention_utils.without_keras_mask(query)
+        value = attention_utils.without_keras_mask(value)
+        key = value if key_is_value else attention_utils.without_keras_mask(key)
         query_mask = self._check_mask("query_mask", query_mask, query.shape[:2])
         value_mask = self._check_mask("value_mask", value_mask, value.shape[:2])
         key_mask = self._check_mask("key_mask", key_mask, key.shape[:2])
