@@ -178,15 +178,51 @@ def test_jit_compile_equals_eager(name):
     np.testing.assert_allclose(compiled(x, mask).numpy(), y, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-@pytest.mark.parametrize("name", NAMES)
-def test_mixed_precision_is_finite(name, policy):
-    layer = make_layer(name, dtype=policy)
+# Relative error (max |y - y32| / max |y32|) against float32 with the same (seeded) weights.
+# Measured at most 1.6e-3 in float16 and 1.3e-2 in bfloat16 (8 mantissa bits) over the
+# registry at these weights; over other seeds up to 2.2e-3 and 1.6e-2 (bigbird). A variant
+# looser than that gets its own bound here, with the reason.
+MIXED_PRECISION_BOUNDS = {"mixed_float16": 2e-3, "mixed_bfloat16": 2e-2}
+MIXED_PRECISION_LOOSER = {}
+
+
+def relative_error(y, reference):
+    y, reference = np.asarray(y, np.float64), np.asarray(reference, np.float64)
+    return float(np.abs(y - reference).max() / np.abs(reference).max())
+
+
+def owned_elsewhere(name, *cases):
+    """`name` as a parameter, marked xfail for the listed cases that another engineer's
+    rewrite of that variant fixes (strict=False: passing is welcome)."""
+    reason = f"{name}: being rewritten (routing/axial/sinkhorn/chunked backend work)"
+    return pytest.param(*cases, marks=pytest.mark.xfail(reason=reason, strict=False))
+
+
+@pytest.mark.parametrize(
+    "name,policy",
+    [
+        # Routing's error is 0.11 (float16) and 0.37 (bfloat16): a k-means assignment that
+        # flips under rounding sends tokens to other clusters.
+        owned_elsewhere("routing", "routing", policy) if name == "routing" else (name, policy)
+        for name in NAMES
+        for policy in ("mixed_float16", "mixed_bfloat16")
+    ],
+)
+def test_mixed_precision_close_to_float32(name, policy):
     x, mask = inputs(name)
+    initializer = keras.initializers.GlorotUniform(seed=10)
+    reference = make_layer(name, kernel_initializer=initializer)
+    y32 = call(reference, x, mask)
+    layer = make_layer(name, dtype=policy, kernel_initializer=initializer)
+    call(layer, x, mask)
+    layer.set_weights(reference.get_weights())
     y = call(layer, x, mask)
     assert keras.backend.standardize_dtype(y.dtype) == policy.split("_")[1]
-    assert np.all(np.isfinite(np.asarray(y, np.float32)))
-    np.testing.assert_array_equal(np.asarray(y, np.float32)[~mask], 0.0)
+    y = np.asarray(y, np.float32)
+    assert np.all(np.isfinite(y))
+    np.testing.assert_array_equal(y[~mask], 0.0)
+    bound = MIXED_PRECISION_LOOSER.get((name, policy), MIXED_PRECISION_BOUNDS[policy])
+    assert relative_error(y, y32) <= bound
 
 
 @pytest.mark.parametrize("name", NAMES)

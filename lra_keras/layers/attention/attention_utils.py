@@ -82,6 +82,19 @@ def zero_padded(x, mask):
     return ops.where(mask, x, ops.zeros((), x.dtype))
 
 
+def clone_initializer(initializer, offset: int):
+    """A fresh copy of `initializer` with its seed (if any) moved by `offset`.
+
+    Every weight of a layer takes its own clone with its own offset: a Keras initializer with
+    a fixed seed draws the same values for every variable of the same shape, so clones that
+    keep the seed make weights that must differ (Q and K, Linformer's E and F) equal at init.
+    """
+    config = initializer.get_config()
+    if config.get("seed") is not None:
+        config["seed"] = int(config["seed"]) + int(offset)
+    return initializer.__class__.from_config(config)
+
+
 def without_keras_mask(x):
     """`x` without its Keras implicit mask (`Embedding(mask_zero=True)`), as a real copy.
 

@@ -237,24 +237,29 @@ class BaseAttention(keras.layers.Layer):
         earlier calls: a clone with the same seed would give every kernel the same values
         (keras.layers.MultiHeadAttention's clones keep the seed and do exactly that).
         """
-        self._sublayer_draws = getattr(self, "_sublayer_draws", 0) + 1
-        offset = self._sublayer_draws
-
-        def clone(initializer):
-            config = initializer.get_config()
-            if config.get("seed") is not None:
-                config["seed"] = int(config["seed"]) + offset
-            return initializer.__class__.from_config(config)
-
+        offset = self._next_seed_offset()
         return dict(
-            kernel_initializer=clone(self.kernel_initializer),
-            bias_initializer=clone(self.bias_initializer),
+            kernel_initializer=attention_utils.clone_initializer(self.kernel_initializer, offset),
+            bias_initializer=attention_utils.clone_initializer(self.bias_initializer, offset),
             kernel_regularizer=self.kernel_regularizer,
             bias_regularizer=self.bias_regularizer,
             kernel_constraint=self.kernel_constraint,
             bias_constraint=self.bias_constraint,
             dtype=self.dtype_policy,
         )
+
+    def _next_seed_offset(self) -> int:
+        self._seed_offset = getattr(self, "_seed_offset", 0) + 1
+        return self._seed_offset
+
+    def _fresh_initializer(self, initializer=None):
+        """A clone of `initializer` (default: the kernel initializer) for one more weight.
+
+        Variants pass it to `add_weight` for weights of their own, so that with a seeded
+        initializer no two weights are equal unless tied on purpose.
+        """
+        initializer = self.kernel_initializer if initializer is None else initializer
+        return attention_utils.clone_initializer(initializer, self._next_seed_offset())
 
     def _output_dims(self, query_shape) -> tuple:
         if self._output_shape is None:
