@@ -258,18 +258,36 @@ def test_analytic_flops_scale_with_length(name):
     assert long / short == pytest.approx(expected, rel=0.3)
 
 
-def test_seeded_initializers_give_distinct_projections():
-    layer = get_attention(
-        "full",
-        num_heads=HEADS,
-        key_dim=KEY_DIM,
-        kernel_initializer=keras.initializers.GlorotUniform(seed=1),
-    )
-    x, _ = inputs("full")
-    layer(x, x)
-    kernels = [w.numpy() for w in layer.weights if w.path.endswith("kernel")]
-    assert len(kernels) == 4
-    assert not np.allclose(kernels[0], kernels[1]) and not np.allclose(kernels[1], kernels[2])
+def assert_no_two_weights_equal(weights):
+    """No two non-constant weights agree (on their common flattened prefix, which is where
+    two draws from one seed coincide): equal only where a layer ties them on purpose, and a
+    tied weight is one variable here."""
+    drawn = [(w.path, np.asarray(w.numpy(), np.float64).ravel()) for w in weights]
+    drawn = [(p, v) for p, v in drawn if v.size > 1 and np.ptp(v) > 0]
+    for i, (path_i, a) in enumerate(drawn):
+        for path_j, b in drawn[i + 1 :]:
+            n = min(a.size, b.size)
+            assert not np.allclose(a[:n], b[:n]), f"{path_i} == {path_j} at init"
+
+
+SEEDED_CASES = {
+    # Weights the registry cases do not build: E and F unshared, factorized random logits.
+    "linformer": {"share_kv": False},
+    "synthesizer": {"mode": "factorized_random"},
+}
+
+
+@pytest.mark.parametrize(
+    "name,extra",
+    [(name, {}) for name in NAMES]
+    + [(n, kw) for n, kw in sorted(SEEDED_CASES.items())]
+    + [("synthesizer", {"mode": "factorized_dense"}), ("synthesizer", {"mode": "random"})],
+)
+def test_seeded_initializer_gives_distinct_weights(name, extra):
+    layer = make_layer(name, kernel_initializer=keras.initializers.GlorotUniform(seed=1), **extra)
+    x, mask = inputs(name)
+    call(layer, x, mask)
+    assert_no_two_weights_equal(layer.weights)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -95,9 +95,8 @@ class LinformerAttention(BaseAttention):
         return self.add_weight(
             name=name,
             shape=(self.max_length, self.projection_dim),
-            initializer=self.kernel_initializer.__class__.from_config(
-                self.kernel_initializer.get_config()
-            ),
+            # A distinct seed per kernel: E and F are independent when not shared.
+            initializer=self._fresh_initializer(),
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
         )

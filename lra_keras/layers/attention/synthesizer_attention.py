@@ -114,7 +114,8 @@ class SynthesizerAttention(BaseAttention):
         return self.add_weight(
             name=name,
             shape=shape,
-            initializer=initializer.__class__.from_config(initializer.get_config()),
+            # A distinct seed per weight: R1 == R2 would make the logits symmetric.
+            initializer=self._fresh_initializer(initializer),
             regularizer=self.bias_regularizer if bias else self.kernel_regularizer,
             constraint=self.bias_constraint if bias else self.kernel_constraint,
         )
