@@ -186,9 +186,9 @@ class BigBirdAttention(BaseAttention):
         q_mid = qb[:, :, 1 : nb - 1]
 
         # Window: blocks q-1, q, q+1 of each middle block q.
-        k_win = ops.concatenate([kb[:, :, s : s + nm] for s in range(3)], axis=3)
-        v_win = ops.concatenate([vb[:, :, s : s + nm] for s in range(3)], axis=3)
-        m_win = ops.concatenate([mb[:, s : s + nm] for s in range(3)], axis=2)  # [B, nm, 3b]
+        k_win = attention_utils.band_blocks(kb, 2, 1, 1)[:, :, 1 : nb - 1]
+        v_win = attention_utils.band_blocks(vb, 2, 1, 1)[:, :, 1 : nb - 1]
+        m_win = attention_utils.band_blocks(mb, 1, 1, 1, value=False)[:, 1 : nb - 1]  # [B, nm, 3b]
         logits = [ops.einsum("bhnqd,bhnkd->bhnqk", q_mid, k_win)]
         masks = [m_win[:, None, :, None, :]]
 

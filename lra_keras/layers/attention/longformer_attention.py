@@ -134,13 +134,10 @@ class LongformerAttention(BaseAttention):
         nb = qb.shape[3]
         before = 1 if (left > 0 and nb > 1) else 0
         after = 1 if (right > 0 and nb > 1) else 0
-        pad5 = [(0, 0)] * 3 + [(before, after)] + [(0, 0)] * 2
-        kpad, vpad = ops.pad(kb, pad5), ops.pad(vb, pad5)
-        mpad = ops.pad(mb, [(0, 0), (0, 0), (before, after), (0, 0)], constant_values=False)
         shifts = range(before + after + 1)
-        k_band = ops.concatenate([kpad[:, :, :, s : s + nb] for s in shifts], axis=4)
-        v_band = ops.concatenate([vpad[:, :, :, s : s + nb] for s in shifts], axis=4)
-        m_band = ops.concatenate([mpad[:, :, s : s + nb] for s in shifts], axis=3)
+        k_band = attention_utils.band_blocks(kb, 3, before, after)
+        v_band = attention_utils.band_blocks(vb, 3, before, after)
+        m_band = attention_utils.band_blocks(mb, 2, before, after, value=False)
         heads, dk, dv = qb.shape[1], qb.shape[-1], vb.shape[-1]
         # TensorFlow's softmax takes at most 5 dimensions: merge (residue, chunk) into one axis.
         rows = dil * nb
