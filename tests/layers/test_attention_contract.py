@@ -347,3 +347,55 @@ def test_keras_implicit_mask_full_equals_multi_head_attention():
     full.load_mha_weights(mha)
     y_mha, y_full = (keras.ops.convert_to_numpy(t) for t in model(ids))
     np.testing.assert_allclose(y_full[mask], y_mha[mask], atol=1e-5)
+
+
+# Variants being rewritten by other work that still read a static length.
+DYNAMIC_LENGTH_ELSEWHERE = {"chunked", "routing", "sinkhorn"}
+
+
+@pytest.mark.parametrize(
+    "name,causal",
+    [
+        owned_elsewhere(name, name, causal) if name in DYNAMIC_LENGTH_ELSEWHERE else (name, causal)
+        for name in NAMES
+        for causal in ((False, True) if ATTENTIONS[name].supports_causal else (False,))
+    ],
+)
+def test_unknown_length(name, causal):
+    layer = make_layer(name)
+    x, mask = inputs(name)
+    seq = keras.Input((None, DIM))
+    pad = keras.Input((None,), dtype="bool")
+    if layer.needs_static_length:
+        with pytest.raises(ValueError, match=f"{type(layer).__name__}.*static sequence length"):
+            layer(seq, seq, query_mask=pad, value_mask=pad, use_causal_mask=causal)
+        return
+    model = keras.Model(
+        [seq, pad], layer(seq, seq, query_mask=pad, value_mask=pad, use_causal_mask=causal)
+    )
+    expected = call(layer, x, mask, use_causal_mask=causal)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model([x, mask])), expected, atol=1e-5)
+    unknown = tf.function(
+        lambda a, m: layer(a, a, query_mask=m, value_mask=m, use_causal_mask=causal),
+        input_signature=[tf.TensorSpec((None, None, DIM)), tf.TensorSpec((None, None), "bool")],
+    )
+    np.testing.assert_allclose(unknown(x, mask).numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,causal", [("full", True), ("local", False), ("longformer", True)])
+def test_fit_on_padded_batches_of_varying_length(name, causal):
+    # Keras's everyday text pipeline: padded_batch gives each batch its own length.
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(1, 20, size=n).astype("int32") for n in (3, 5, 9, 4, 11, 6)]
+    data = tf.data.Dataset.from_generator(
+        lambda: ((r, np.float32(len(r) % 2)) for r in rows),
+        output_signature=(tf.TensorSpec((None,), "int32"), tf.TensorSpec((), "float32")),
+    ).padded_batch(2)
+    tokens = keras.Input((None,), dtype="int32")
+    seq = keras.layers.Embedding(20, DIM, mask_zero=True)(tokens)
+    y = make_layer(name)(seq, seq, use_causal_mask=causal)
+    out = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(y))
+    model = keras.Model(tokens, out)
+    model.compile(optimizer="adam", loss="mse")
+    history = model.fit(data, epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"][0])

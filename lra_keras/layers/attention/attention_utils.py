@@ -126,6 +126,35 @@ def without_keras_mask(x):
     return ops.copy(x)
 
 
+def check_max_length(length, max_length: int, variant: str, holds: str) -> None:
+    """Refuses an unknown length or one above `max_length` (Linformer, Synthesizer).
+
+    `holds` says what `max_length` sizes, e.g. "its projections have `max_length` rows".
+    """
+    if length is None:
+        raise ValueError(
+            f"{variant} needs a static sequence length ({holds}, `max_length`={max_length}); "
+            "got an unknown length."
+        )
+    if length > max_length:
+        raise ValueError(
+            f"{variant}: the sequence length {length} is longer than `max_length`="
+            f"{max_length}; build the layer with a larger `max_length`."
+        )
+
+
+def check_grid_length(length, grid, arg: str, variant: str) -> None:
+    """Refuses a known length that is not `grid[0] * grid[1]` (axial, image_local)."""
+    if length is None or grid is None:
+        return
+    h, w = grid
+    if length != h * w:
+        raise ValueError(
+            f"{variant}: the sequence length must equal {arg}[0] * {arg}[1] = {h} * {w} = "
+            f"{h * w}, got length {length}."
+        )
+
+
 def static_length(x, axis: int, variant: str) -> int:
     """The static size of `axis` of `x`; a clear ValueError when it is unknown."""
     length = x.shape[axis]

@@ -178,6 +178,9 @@ class BaseAttention(keras.layers.Layer):
     needs_static_length = False
     supports_attention_scores = False
     supports_attention_mask = False
+    # For variants with `needs_static_length`: the argument whose weights or tables fix the
+    # length, and why; named by the error an unknown length raises.
+    static_length_argument = ""
     # The registry name, set by `register_attention`.
     attention_name = "base"
 
@@ -308,6 +311,7 @@ class BaseAttention(keras.layers.Layer):
     def build(self, query_shape, value_shape, key_shape=None):
         key_shape = value_shape if key_shape is None else key_shape
         self._check_shapes(query_shape, value_shape, key_shape)
+        self._check_static_length(query_shape, value_shape)
         self._build_projections(query_shape, value_shape, key_shape)
         self._build_variant(query_shape, value_shape)
         self.built = True
@@ -338,6 +342,18 @@ class BaseAttention(keras.layers.Layer):
                 "cross-attention",
                 f"query length {t} differs from key length {s}; it is self-attention only.",
             )
+
+    def _check_static_length(self, query_shape, value_shape):
+        """Refuses an unknown length, naming the variant and the argument that fixes it."""
+        if not self.needs_static_length or None not in (query_shape[1], value_shape[1]):
+            return
+        argument = self.static_length_argument or "its structure"
+        raise ValueError(
+            f"{type(self).__name__} ('{self.attention_name}') needs a static sequence length "
+            f"(fixed at build by {argument}); got query shape {tuple(query_shape)} and value "
+            f"shape {tuple(value_shape)}. Give the input a fixed length, e.g. "
+            "keras.Input((length, dim))."
+        )
 
     def _check_mask(self, arg: str, mask, batch_and_length):
         return check_padding_mask(type(self).__name__, arg, mask, batch_and_length)

@@ -77,6 +77,10 @@ class BigBirdAttention(BaseAttention):
     strictly_causal = False
     supports_cross_attention = False
     needs_static_length = True
+    static_length_argument = (
+        "`block_size` and `num_random_blocks` (its random block table is drawn for the "
+        "number of blocks)"
+    )
 
     def __init__(
         self,

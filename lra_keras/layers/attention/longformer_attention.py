@@ -132,7 +132,9 @@ class LongformerAttention(BaseAttention):
         glob = self.global_positions(length if static else None)
         # Global positions past an unknown length are ignored (masked out) rather than raised.
         glob_real = None if static else ops.convert_to_tensor(glob, "int32") < length
-        glob_index = glob if static else ops.minimum(ops.convert_to_tensor(glob, "int32"), length - 1)
+        glob_index = (
+            glob if static else ops.minimum(ops.convert_to_tensor(glob, "int32"), length - 1)
+        )
         dil = self.dilation
         sub_length = -(-length // dil)
         chunk = max(left, right, 1)

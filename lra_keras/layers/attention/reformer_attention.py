@@ -96,6 +96,10 @@ class ReformerAttention(BaseAttention):
     strictly_causal = False
     supports_cross_attention = False
     needs_static_length = True
+    static_length_argument = (
+        "`bucket_size` (its inference-time rotations are drawn for 2 * ceil(L / "
+        "bucket_size) buckets)"
+    )
 
     def __init__(
         self, num_heads: int, key_dim: int, num_hashes: int = 2, bucket_size: int = 64, **kwargs

@@ -71,6 +71,7 @@ class SynthesizerAttention(BaseAttention):
 
     supports_cross_attention = False
     needs_static_length = True
+    static_length_argument = "`max_length` (its synthetic logits cover that many positions)"
     supports_attention_mask = True
 
     def __init__(
@@ -98,16 +99,12 @@ class SynthesizerAttention(BaseAttention):
         self.factor_b = -(-self.max_length // self.factor_a)
 
     def _check_length(self, length):
-        if length is None:
-            raise ValueError(
-                "SynthesizerAttention needs a static sequence length (its synthetic logits "
-                f"cover `max_length`={self.max_length} positions); got an unknown length."
-            )
-        if length > self.max_length:
-            raise ValueError(
-                f"SynthesizerAttention: the sequence length {length} is longer than "
-                f"`max_length`={self.max_length}; build the layer with a larger `max_length`."
-            )
+        attention_utils.check_max_length(
+            length,
+            self.max_length,
+            "SynthesizerAttention",
+            "its synthetic logits cover `max_length` positions",
+        )
 
     def _weight(self, name, shape, bias=False):
         initializer = self.bias_initializer if bias else self.kernel_initializer
