@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from lra_keras.layers import ATTENTIONS, TransformerEncoderBlock, get_attention
+from lra_keras.zoo.config import get_config
 from tests.layers.attention_cases import CASES, case
 from tests.layers.reference import lengths_mask
 
@@ -399,3 +400,32 @@ def test_fit_on_padded_batches_of_varying_length(name, causal):
     model.compile(optimizer="adam", loss="mse")
     history = model.fit(data, epochs=1, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.parametrize(
+    "name",
+    # chunked's dropout (regenerated per tile in the backward pass) is the backend work's.
+    [owned_elsewhere(name, name) if name == "chunked" else name for name in NAMES],
+)
+def test_attention_dropout_applies_or_is_refused(name):
+    cls = ATTENTIONS[name]
+    if not cls.has_attention_probabilities:
+        with pytest.raises(ValueError, match=f"'{name}'.*no attention probabilities.*`dropout`"):
+            make_layer(name, dropout=0.5)
+        config = get_config("listops", name, "tiny", max_length=16)
+        assert config["attention_dropout"] == 0.0  # the preset's 0.1 is not passed on
+        with pytest.raises(ValueError, match="attention_dropout"):
+            get_config("listops", name, "tiny", max_length=16, attention_dropout=0.1)
+        return
+    layer = make_layer(name, dropout=0.5)
+    x, mask = inputs(name)
+    inference = call(layer, x, mask)
+    np.testing.assert_allclose(call(layer, x, mask, training=False), inference)
+    clean = make_layer(name)
+    call(clean, x, mask)
+    clean.set_weights(layer.get_weights())
+    np.testing.assert_allclose(call(clean, x, mask), inference, atol=1e-6)
+    # In training the probabilities are dropped: the output moves, padded rows stay zero.
+    trained = call(layer, x, mask, training=True)
+    np.testing.assert_array_equal(trained[~mask], 0.0)
+    assert np.abs(trained - inference).max() > 1e-3

@@ -34,6 +34,20 @@ def refuse_mha_arguments(layer_name: str, kwargs: dict) -> None:
                 )
 
 
+def check_attention_dropout(layer, dropout) -> None:
+    """Validates `dropout`; refuses `dropout > 0` for a variant with no probabilities."""
+    name = type(layer).__name__
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float):
+        raise ValueError(f"{name}: `dropout` must be a number in [0, 1), got {dropout!r}.")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"{name}: `dropout` must be in [0, 1), got {dropout!r}.")
+    if dropout > 0 and not layer.has_attention_probabilities:
+        raise ValueError(
+            f"{name} ('{layer.attention_name}') forms no attention probabilities, so it "
+            f"cannot apply attention dropout: `dropout` must be 0, got {dropout!r}."
+        )
+
+
 def capability_error(layer, capability: str, detail: str = "") -> ValueError:
     """The ValueError for asking `layer` for a capability it lacks; names both."""
     return ValueError(
@@ -178,6 +192,9 @@ class BaseAttention(keras.layers.Layer):
     needs_static_length = False
     supports_attention_scores = False
     supports_attention_mask = False
+    # False for variants with no probability tensor (linear, performer): they refuse
+    # `dropout > 0` rather than ignore it, and the zoo passes them attention dropout 0.
+    has_attention_probabilities = True
     # For variants with `needs_static_length`: the argument whose weights or tables fix the
     # length, and why; named by the error an unknown length raises.
     static_length_argument = ""
@@ -208,8 +225,7 @@ class BaseAttention(keras.layers.Layer):
         self.num_heads = attention_utils.checked_int(num_heads, "num_heads", name)
         self.key_dim = attention_utils.checked_int(key_dim, "key_dim", name)
         value_dim = attention_utils.checked_int(value_dim, "value_dim", name, allow_none=True)
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"{name}: `dropout` must be in [0, 1), got {dropout!r}.")
+        check_attention_dropout(self, dropout)
         self.supports_masking = True
         self.value_dim = self.key_dim if value_dim is None else value_dim
         self.dropout = float(dropout)

@@ -10,6 +10,7 @@ from keras import ops
 from lra_keras.layers.attention import attention_utils
 from lra_keras.layers.attention.base_attention import (
     capability_error,
+    check_attention_dropout,
     check_call_capabilities,
     check_padding_mask,
     mha_config,
@@ -29,7 +30,8 @@ class FNetMixing(keras.layers.Layer):
     MultiHeadAttention's constructor arguments (`num_heads`, `key_dim`, `value_dim`, `dropout`,
     `use_bias`, the initializers, regularizers and constraints, `seed`) are accepted and kept as
     attributes for that uniformity, but unused: there is no projection and no probability tensor,
-    hence no attention dropout. `output_shape`, if given, must equal the input's last dimension.
+    hence no attention dropout (`dropout > 0` raises a ValueError). `output_shape`, if given,
+    must equal the input's last dimension.
     The FFT runs in float32 under any dtype policy. Time O(L D log(L D)), memory O(L D).
     Not causal; self-attention only (`query` is mixed; `value` and `key` must have its length
     and are not otherwise used, so pass the same tensor).
@@ -86,6 +88,7 @@ class FNetMixing(keras.layers.Layer):
     needs_static_length = False
     supports_attention_scores = False
     supports_attention_mask = False
+    has_attention_probabilities = False
     # The registry name, set by `register_attention`.
     attention_name = "fnet"
 
@@ -109,10 +112,7 @@ class FNetMixing(keras.layers.Layer):
     ):
         refuse_mha_arguments(type(self).__name__, kwargs)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(
-                f"{type(self).__name__}: `dropout` must be in [0, 1), got {dropout!r}."
-            )
+        check_attention_dropout(self, dropout)
         self.supports_masking = True
         name = type(self).__name__
         self.num_heads = attention_utils.checked_int(num_heads, "num_heads", name, allow_none=True)

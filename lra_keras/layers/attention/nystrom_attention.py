@@ -155,7 +155,7 @@ class NystromAttention(BaseAttention):
         return means, counts > 0
 
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
-        del query, causal, training
+        del query, causal
         length = attention_utils.dim(q, 1)
         m = (
             min(self.num_landmarks, length)
@@ -188,6 +188,11 @@ class NystromAttention(BaseAttention):
         kernel_3 = attention_utils.masked_softmax(
             ops.einsum("bhnd,bhld->bhnl", q_land, kf) * scale, key_mask[:, None, None, :]
         )
+        # Attention dropout on the two softmax matrices; not on A, whose pseudo-inverse would
+        # turn a dropped entry into a large correction.
+        if self.dropout > 0:
+            kernel_1 = attention_utils.to_float32(self._dropout_probs(kernel_1, training))
+            kernel_3 = attention_utils.to_float32(self._dropout_probs(kernel_3, training))
         # Right to left: [m, dv] intermediates only, never an L x L product.
         mixed = ops.matmul(a_pinv, ops.matmul(kernel_3, vf))
         out = ops.matmul(kernel_1, mixed)  # [B, H, L, dv]

@@ -62,7 +62,8 @@ class PerformerAttention(BaseAttention):
     QR) and stored as the non-trainable weight `projection`, so a reloaded layer is the same.
     With `redraw=True` a fresh `W` is drawn on every training call from `self.seed_generator`
     (and used for that call only); inference always uses the stored one.
-    There is no probability tensor, so `dropout` (attention dropout) is not applied.
+    There is no probability tensor, so attention dropout cannot apply: `dropout > 0` raises
+    a ValueError.
 
     Args:
         num_heads: int. Number of attention heads.
@@ -97,6 +98,8 @@ class PerformerAttention(BaseAttention):
     Reference:
         Choromanski et al., "Rethinking Attention with Performers", ICLR 2021.
     """
+
+    has_attention_probabilities = False
 
     def __init__(
         self,
