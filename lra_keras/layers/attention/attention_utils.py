@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import random
 
 import keras
 from keras import ops
@@ -112,6 +113,19 @@ def clone_initializer(initializer, offset: int):
     if config.get("seed") is not None:
         config["seed"] = int(config["seed"]) + int(offset)
     return initializer.__class__.from_config(config)
+
+
+def structure_seed(seed) -> int:
+    """The seed of the random structure a layer draws at build (tables, rotations, features).
+
+    The layer's `seed` when given; otherwise one drawn from Python's `random`, which
+    `keras.utils.set_random_seed` seeds (as Keras's own `SeedGenerator(None)` does): runs are
+    reproducible under a global seed, and never read OS entropy or NumPy's global state. Plain
+    Python, so a layer can be built lazily inside a traced function or `strategy.run`.
+    """
+    if seed is not None:
+        return int(seed)
+    return random.randint(1, 2**31 - 1)
 
 
 def without_keras_mask(x):

@@ -126,8 +126,7 @@ class BigBirdAttention(BaseAttention):
 
     def _draw_table(self, nb: int) -> np.ndarray:
         r = self.num_random_blocks
-        # Without a seed, numpy's global state (seeded by keras.utils.set_random_seed).
-        seed = self.seed if self.seed is not None else np.random.randint(2**31)  # noqa: NPY002
+        seed = attention_utils.structure_seed(self.seed)
         rng = np.random.default_rng(seed)
         table = np.zeros((self.num_heads, nb - 2, r), np.int32)
         for h in range(self.num_heads):
