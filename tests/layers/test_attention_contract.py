@@ -10,7 +10,7 @@ import tensorflow as tf
 from lra_keras.layers import ATTENTIONS, TransformerEncoderBlock, get_attention
 from lra_keras.zoo.config import get_config
 from tests.layers.attention_cases import CASES, case
-from tests.layers.reference import lengths_mask
+from tests.layers.reference import dense_attention, lengths_mask, padding_allowed
 
 NAMES = sorted(ATTENTIONS)
 BATCH, DIM, HEADS, KEY_DIM = 2, 16, 2, 4
@@ -467,3 +467,88 @@ def test_builds_lazily_inside_strategy_run(name):
     np.testing.assert_allclose(
         strategy.experimental_local_results(y)[0].numpy(), call(layer, x, mask), atol=1e-5
     )
+
+
+def _projected(layer, query, memory):
+    """numpy q [B,T,H,d], k, v [B,S,H,d] from the layer's own projection weights."""
+
+    def project(dense, x):
+        out = np.einsum("bsc,chd->bshd", x, dense.kernel.numpy())
+        return out + dense.bias.numpy() if dense.bias is not None else out
+
+    return (
+        project(layer._query_dense, query),
+        project(layer._key_dense, memory),
+        project(layer._value_dense, memory),
+    )
+
+
+def _output(layer, out):
+    dense = layer._output_dense
+    return np.einsum("bthd,hdo->bto", out, dense.kernel.numpy()) + dense.bias.numpy()
+
+
+def _reference_full(layer, q, k, v, memory_mask):
+    return dense_attention(q, k, v, padding_allowed(np.ones(q.shape[:2], bool), memory_mask))
+
+
+def _reference_set(layer, q, k, v, memory_mask):
+    # ISAB (Lee et al. 2019): H = Attn(I, X), then Attn(Q, [H W_K, H W_V]).
+    points = layer.inducing_points.numpy()
+    points = np.broadcast_to(points, (q.shape[0],) + points.shape)
+    m = points.shape[1]
+    induced = dense_attention(
+        points, k, v, padding_allowed(np.ones((q.shape[0], m), bool), memory_mask)
+    )
+    k2 = np.einsum("bmhd,hdge->bmge", induced, layer._inducing_key_dense.kernel.numpy())
+    v2 = np.einsum("bmhd,hdge->bmge", induced, layer._inducing_value_dense.kernel.numpy())
+    k2 = k2 + layer._inducing_key_dense.bias.numpy()
+    v2 = v2 + layer._inducing_value_dense.bias.numpy()
+    return dense_attention(q, k2, v2, True)
+
+
+def _reference_performer_relu(layer, q, k, v, memory_mask):
+    # Performer's ReLU kernel (Choromanski et al. 2021): phi(x) = relu(W x / sqrt(m)) + eps,
+    # then linear attention phi(q) (sum_j phi(k_j) v_j^T) / phi(q) . sum_j phi(k_j).
+    w = layer.projection.numpy().astype(np.float64)
+
+    def phi(x):
+        return np.maximum(np.einsum("blhd,md->blhm", x, w) / np.sqrt(w.shape[0]), 0) + 1e-3
+
+    phi_q, phi_k = phi(q), phi(k) * memory_mask[:, :, None, None]
+    num = np.einsum("bthm,bshm,bshd->bthd", phi_q, phi_k, v)
+    den = np.einsum("bthm,bshm->bth", phi_q, phi_k)[..., None]
+    return num / den
+
+
+def _memory_compressed_identity(layer):
+    # Compression rate 1 with identity kernels and zero biases: exactly full attention.
+    for part in ("key", "value"):
+        kernel = getattr(layer, f"{part}_compression_kernel")
+        kernel.assign(np.broadcast_to(np.eye(kernel.shape[-1]), kernel.shape).astype("float32"))
+        getattr(layer, f"{part}_compression_bias").assign(np.zeros(kernel.shape[1:3], "float32"))
+    return _reference_full
+
+
+CROSS_REFERENCES = {
+    "full": ({}, lambda layer: _reference_full),
+    "set": ({}, lambda layer: _reference_set),
+    "performer": ({"kernel": "relu"}, lambda layer: _reference_performer_relu),
+    "memory_compressed": ({"compression_rate": 1}, _memory_compressed_identity),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CROSS_REFERENCES))
+def test_cross_attention_numerics(name):
+    overrides, reference = CROSS_REFERENCES[name]
+    layer = make_layer(name, **overrides)
+    x, _ = inputs(name)
+    rng = np.random.default_rng(1)
+    memory = rng.normal(size=(BATCH, x.shape[1] + 3, DIM)).astype("float32")
+    memory_mask = lengths_mask([memory.shape[1], memory.shape[1] - 2], memory.shape[1])
+    layer(x, memory, value_mask=memory_mask)
+    ref = reference(layer)
+    q, k, v = (a.astype(np.float64) for a in _projected(layer, x, memory))
+    expected = _output(layer, ref(layer, q, k, v, memory_mask))
+    y = keras.ops.convert_to_numpy(layer(x, memory, value_mask=memory_mask))
+    np.testing.assert_allclose(y, expected, atol=2e-5, rtol=1e-4)
