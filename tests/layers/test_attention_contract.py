@@ -552,3 +552,21 @@ def test_cross_attention_numerics(name):
     expected = _output(layer, ref(layer, q, k, v, memory_mask))
     y = keras.ops.convert_to_numpy(layer(x, memory, value_mask=memory_mask))
     np.testing.assert_allclose(y, expected, atol=2e-5, rtol=1e-4)
+
+
+# Variants whose length is a grid (L = h * w) refuse a length of 0 naming the grid argument.
+GRID_ARGUMENT = {"axial": "axis_shape", "image_local": "image_shape"}
+
+
+@pytest.mark.parametrize("empty", ["batch", "length"])
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_batch_or_length(name, empty):
+    layer = make_layer(name)
+    x, mask = inputs(name)
+    x, mask = (x[:0], mask[:0]) if empty == "batch" else (x[:, :0], mask[:, :0])
+    if empty == "length" and name in GRID_ARGUMENT:
+        with pytest.raises(ValueError, match=f"{GRID_ARGUMENT[name]}.*got length 0"):
+            call(layer, x, mask)
+        return
+    y = call(layer, x, mask)
+    assert y.shape == x.shape

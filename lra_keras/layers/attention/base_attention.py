@@ -410,6 +410,8 @@ class BaseAttention(keras.layers.Layer):
         key_mask = self._check_mask("key_mask", key_mask, key.shape[:2])
         check_call_capabilities(self, use_causal_mask, attention_mask, return_attention_scores)
 
+        if 0 in (query.shape[0], query.shape[1], value.shape[1]):
+            return self._empty_result(query, value, return_attention_scores)
         if query_mask is None:
             query_mask = ops.ones_like(query[..., 0], dtype="bool")
         kv_mask = None
@@ -451,6 +453,26 @@ class BaseAttention(keras.layers.Layer):
         # The output bias would make padded rows non-zero; the contract says they are zero.
         output = attention_utils.zero_padded(output, query_mask)
         if return_attention_scores:
+            return output, scores
+        return output
+
+    def _empty_result(self, query, value, return_attention_scores):
+        """The result for a batch of 0, or a length of 0: nothing to attend to.
+
+        An empty output `[batch, T, out]` (with T > 0 and no keys, every row is zero, as a
+        fully padded row is), computed without the variant, whose blocks, landmarks or
+        features have no meaning on an empty sequence.
+        """
+        batch, t = attention_utils.dim(query, 0), attention_utils.dim(query, 1)
+        output = ops.zeros(
+            attention_utils.reshape_target([batch, t, *self._output_dims(query.shape)]),
+            self.compute_dtype,
+        )
+        if return_attention_scores:
+            s = attention_utils.dim(value, 1)
+            scores = ops.zeros(
+                attention_utils.reshape_target([batch, self.num_heads, t, s]), "float32"
+            )
             return output, scores
         return output
 

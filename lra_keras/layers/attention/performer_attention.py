@@ -60,7 +60,8 @@ class PerformerAttention(BaseAttention):
 
     `W` (`[num_random_features, key_dim]`, orthogonal blocks by QR) is drawn at build from
     `seed` (without one, through Keras's global seeding, so `keras.utils.set_random_seed`
-    makes it reproducible) and stored as the non-trainable weight `projection`, so a reloaded layer is the same.
+    makes it reproducible) and stored as the non-trainable weight `projection`, so a reloaded
+    layer is the same.
     With `redraw=True` a fresh `W` is drawn on every training call from `self.seed_generator`
     (and used for that call only); inference always uses the stored one.
     There is no probability tensor, so attention dropout cannot apply: `dropout > 0` raises
