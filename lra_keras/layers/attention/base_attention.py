@@ -74,6 +74,39 @@ def check_call_capabilities(
         )
 
 
+def check_input_shapes(layer, query_shape, value_shape, key_shape) -> None:
+    """Validates [batch, length, dim] inputs: ranks, key/value agreement and, for a
+    self-attention-only layer, equal query and key lengths (a capability error)."""
+    for arg, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
+        if len(shape) != 3:
+            raise ValueError(
+                f"{type(layer).__name__}: `{arg}` must have shape [batch, length, dim], "
+                f"got shape {tuple(shape)}."
+            )
+    if tuple(value_shape[:2]) != tuple(key_shape[:2]) and None not in tuple(key_shape[:2]):
+        raise ValueError(
+            f"{type(layer).__name__}: `key` and `value` must have the same batch and length, "
+            f"got {tuple(key_shape)} and {tuple(value_shape)}."
+        )
+    t, s = query_shape[1], value_shape[1]
+    if not layer.supports_cross_attention and t is not None and s is not None and t != s:
+        raise capability_error(
+            layer,
+            "cross-attention",
+            f"query length {t} differs from key length {s}; it is self-attention only.",
+        )
+
+
+def check_float_inputs(layer, **tensors) -> None:
+    """Refuses non-floating inputs (token ids passed where embeddings belong)."""
+    for arg, x in tensors.items():
+        if not keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype)):
+            raise ValueError(
+                f"{type(layer).__name__}: `{arg}` must be a floating-point tensor "
+                f"(embed token ids first), got dtype {x.dtype}."
+            )
+
+
 def mha_config(layer) -> dict:
     """The MultiHeadAttention constructor arguments of `layer`, serialised for `get_config`."""
     return {
@@ -341,23 +374,7 @@ class BaseAttention(keras.layers.Layer):
         return capability_error(self, capability, detail)
 
     def _check_shapes(self, query_shape, value_shape, key_shape):
-        for arg, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
-            if len(shape) != 3:
-                raise ValueError(
-                    f"{type(self).__name__}: `{arg}` must have shape [batch, length, dim], "
-                    f"got shape {tuple(shape)}."
-                )
-        if tuple(value_shape[:2]) != tuple(key_shape[:2]) and None not in tuple(key_shape[:2]):
-            raise ValueError(
-                f"{type(self).__name__}: `key` and `value` must have the same batch and length, "
-                f"got {tuple(key_shape)} and {tuple(value_shape)}."
-            )
-        t, s = query_shape[1], value_shape[1]
-        if not self.supports_cross_attention and t is not None and s is not None and t != s:
-            raise self._capability_error(
-                "cross-attention",
-                f"query length {t} differs from key length {s}; it is self-attention only.",
-            )
+        check_input_shapes(self, query_shape, value_shape, key_shape)
 
     def _check_static_length(self, query_shape, value_shape):
         """Refuses an unknown length, naming the variant and the argument that fixes it."""
@@ -392,12 +409,7 @@ class BaseAttention(keras.layers.Layer):
         key_is_value = key is None or key is value
         if key is None:
             key = value
-        for arg, x in (("query", query), ("value", value), ("key", key)):
-            if not keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype)):
-                raise ValueError(
-                    f"{type(self).__name__}: `{arg}` must be a floating-point tensor "
-                    f"(embed token ids first), got dtype {x.dtype}."
-                )
+        check_float_inputs(self, query=query, value=value, key=key)
         self._check_shapes(query.shape, value.shape, key.shape)
         # Keras fills `query_mask`/`value_mask`/`key_mask` from the inputs' implicit masks
         # (`Embedding(mask_zero=True)`) in `__call__`, as for MultiHeadAttention. The masks are

@@ -9,9 +9,10 @@ from keras import ops
 
 from lra_keras.layers.attention import attention_utils
 from lra_keras.layers.attention.base_attention import (
-    capability_error,
     check_attention_dropout,
     check_call_capabilities,
+    check_float_inputs,
+    check_input_shapes,
     check_padding_mask,
     mha_config,
     refuse_mha_arguments,
@@ -135,21 +136,7 @@ class FNetMixing(keras.layers.Layer):
         return self._output_shape
 
     def _check_shapes(self, query_shape, value_shape, key_shape):
-        for arg, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
-            if len(shape) != 3:
-                raise ValueError(
-                    f"{type(self).__name__}: `{arg}` must have shape [batch, length, dim], "
-                    f"got shape {tuple(shape)}."
-                )
-        t = query_shape[1]
-        for s in (value_shape[1], key_shape[1]):
-            if t is not None and s is not None and t != s:
-                raise capability_error(
-                    self,
-                    "cross-attention",
-                    f"query length {t} differs from key/value length {s}; it mixes the "
-                    "tokens of one sequence.",
-                )
+        check_input_shapes(self, query_shape, value_shape, key_shape)
         dim = query_shape[-1]
         if self._output_shape is not None and dim is not None:
             out = self._output_shape
@@ -182,12 +169,7 @@ class FNetMixing(keras.layers.Layer):
     ):
         del training
         key = value if key is None else key
-        for arg, x in (("query", query), ("value", value), ("key", key)):
-            if not keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype)):
-                raise ValueError(
-                    f"{type(self).__name__}: `{arg}` must be a floating-point tensor "
-                    f"(embed token ids first), got dtype {x.dtype}."
-                )
+        check_float_inputs(self, query=query, value=value, key=key)
         self._check_shapes(query.shape, value.shape, key.shape)
         name = type(self).__name__
         masks = [
