@@ -13,6 +13,11 @@ from tests.layers.attention_cases import CASES, case
 from tests.layers.reference import dense_attention, lengths_mask, padding_allowed
 
 NAMES = sorted(ATTENTIONS)
+# Tests that drive the layers through TensorFlow itself (tf.function with unknown shapes,
+# tf.distribute); the suite's other tests run on any Keras backend.
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="drives TensorFlow directly"
+)
 BATCH, DIM, HEADS, KEY_DIM = 2, 16, 2, 4
 
 
@@ -354,6 +359,7 @@ def test_keras_implicit_mask_full_equals_multi_head_attention():
 DYNAMIC_LENGTH_ELSEWHERE = {"chunked", "routing", "sinkhorn"}
 
 
+@tensorflow_only
 @pytest.mark.parametrize(
     "name,causal",
     [
@@ -449,6 +455,7 @@ def test_structure_drawn_at_build_follows_the_seed():
         np.testing.assert_array_equal(drawn(name, seed=None)[0], first)
 
 
+@tensorflow_only
 @pytest.mark.parametrize("name", NAMES)
 def test_builds_lazily_inside_strategy_run(name):
     layer = make_layer(name)
