@@ -494,6 +494,15 @@ def get_config(task: str, attention: str = "full", preset: str = "lra", **overri
     config.update(_preset_config(task, attention, preset))
     _apply_overrides(config, task, overrides)
     validate_config(config)
+    if cls is not None and not getattr(cls, "has_attention_probabilities", True):
+        # The presets' attention dropout applies to attention probabilities; this variant
+        # forms none, so it gets 0 (an explicit non-zero override is refused).
+        if overrides.get("attention_dropout"):
+            raise ValueError(
+                f"Attention '{attention}' forms no attention probabilities: "
+                f"`attention_dropout` must be 0, got {overrides['attention_dropout']!r}."
+            )
+        config["attention_dropout"] = 0.0
     if cls is None:
         _fill_recurrent_needs(config, overrides)
     else:

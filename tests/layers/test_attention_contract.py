@@ -7,11 +7,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lra_keras.layers import ATTENTIONS, get_attention
+from lra_keras.layers import ATTENTIONS, TransformerEncoderBlock, get_attention
+from lra_keras.zoo.config import get_config
 from tests.layers.attention_cases import CASES, case
-from tests.layers.reference import lengths_mask
+from tests.layers.reference import dense_attention, lengths_mask, padding_allowed
 
 NAMES = sorted(ATTENTIONS)
+# Tests that drive the layers through TensorFlow itself (tf.function with unknown shapes,
+# tf.distribute); the suite's other tests run on any Keras backend.
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="drives TensorFlow directly"
+)
 BATCH, DIM, HEADS, KEY_DIM = 2, 16, 2, 4
 
 
@@ -178,15 +184,45 @@ def test_jit_compile_equals_eager(name):
     np.testing.assert_allclose(compiled(x, mask).numpy(), y, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-@pytest.mark.parametrize("name", NAMES)
-def test_mixed_precision_is_finite(name, policy):
-    layer = make_layer(name, dtype=policy)
+# Relative error (max |y - y32| / max |y32|) against float32 with the same (seeded) weights.
+# Measured at most 1.6e-3 in float16 and 1.3e-2 in bfloat16 (8 mantissa bits) over the
+# registry at these weights; over other seeds up to 2.2e-3 and 1.6e-2 (bigbird). A variant
+# looser than that gets its own bound here, with the reason.
+MIXED_PRECISION_BOUNDS = {"mixed_float16": 2e-3, "mixed_bfloat16": 2e-2}
+MIXED_PRECISION_LOOSER = {}
+
+
+def relative_error(y, reference):
+    y, reference = np.asarray(y, np.float64), np.asarray(reference, np.float64)
+    return float(np.abs(y - reference).max() / np.abs(reference).max())
+
+
+def owned_elsewhere(name, *cases):
+    """`name` as a parameter, marked xfail for the listed cases that another engineer's
+    rewrite of that variant fixes (strict=False: passing is welcome)."""
+    reason = f"{name}: being rewritten (routing/axial/sinkhorn/chunked backend work)"
+    return pytest.param(*cases, marks=pytest.mark.xfail(reason=reason, strict=False))
+
+
+@pytest.mark.parametrize(
+    "name,policy",
+    [(name, policy) for name in NAMES for policy in ("mixed_float16", "mixed_bfloat16")],
+)
+def test_mixed_precision_close_to_float32(name, policy):
     x, mask = inputs(name)
+    initializer = keras.initializers.GlorotUniform(seed=10)
+    reference = make_layer(name, kernel_initializer=initializer)
+    y32 = call(reference, x, mask)
+    layer = make_layer(name, dtype=policy, kernel_initializer=initializer)
+    call(layer, x, mask)
+    layer.set_weights(reference.get_weights())
     y = call(layer, x, mask)
     assert keras.backend.standardize_dtype(y.dtype) == policy.split("_")[1]
-    assert np.all(np.isfinite(np.asarray(y, np.float32)))
-    np.testing.assert_array_equal(np.asarray(y, np.float32)[~mask], 0.0)
+    y = np.asarray(y, np.float32)
+    assert np.all(np.isfinite(y))
+    np.testing.assert_array_equal(y[~mask], 0.0)
+    bound = MIXED_PRECISION_LOOSER.get((name, policy), MIXED_PRECISION_BOUNDS[policy])
+    assert relative_error(y, y32) <= bound
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -222,18 +258,36 @@ def test_analytic_flops_scale_with_length(name):
     assert long / short == pytest.approx(expected, rel=0.3)
 
 
-def test_seeded_initializers_give_distinct_projections():
-    layer = get_attention(
-        "full",
-        num_heads=HEADS,
-        key_dim=KEY_DIM,
-        kernel_initializer=keras.initializers.GlorotUniform(seed=1),
-    )
-    x, _ = inputs("full")
-    layer(x, x)
-    kernels = [w.numpy() for w in layer.weights if w.path.endswith("kernel")]
-    assert len(kernels) == 4
-    assert not np.allclose(kernels[0], kernels[1]) and not np.allclose(kernels[1], kernels[2])
+def assert_no_two_weights_equal(weights):
+    """No two non-constant weights agree (on their common flattened prefix, which is where
+    two draws from one seed coincide): equal only where a layer ties them on purpose, and a
+    tied weight is one variable here."""
+    drawn = [(w.path, np.asarray(w.numpy(), np.float64).ravel()) for w in weights]
+    drawn = [(p, v) for p, v in drawn if v.size > 1 and np.ptp(v) > 0]
+    for i, (path_i, a) in enumerate(drawn):
+        for path_j, b in drawn[i + 1 :]:
+            n = min(a.size, b.size)
+            assert not np.allclose(a[:n], b[:n]), f"{path_i} == {path_j} at init"
+
+
+SEEDED_CASES = {
+    # Weights the registry cases do not build: E and F unshared, factorized random logits.
+    "linformer": {"share_kv": False},
+    "synthesizer": {"mode": "factorized_random"},
+}
+
+
+@pytest.mark.parametrize(
+    "name,extra",
+    [(name, {}) for name in NAMES]
+    + [(n, kw) for n, kw in sorted(SEEDED_CASES.items())]
+    + [("synthesizer", {"mode": "factorized_dense"}), ("synthesizer", {"mode": "random"})],
+)
+def test_seeded_initializer_gives_distinct_weights(name, extra):
+    layer = make_layer(name, kernel_initializer=keras.initializers.GlorotUniform(seed=1), **extra)
+    x, mask = inputs(name)
+    call(layer, x, mask)
+    assert_no_two_weights_equal(layer.weights)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -245,3 +299,277 @@ def test_non_finite_padding_gives_zero_padded_rows(name):
     y2 = call(layer, poisoned, mask)
     np.testing.assert_array_equal(y2[~mask], 0.0)
     np.testing.assert_allclose(y2[mask], y[mask], atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------ drop-in: Keras masks, lengths, seeds, dtypes
+
+
+def token_ids(name, seed=0):
+    """[2, L] ids in 1..19 with the second row zero-padded (id 0 = padding)."""
+    _, mask = inputs(name)
+    ids = np.random.default_rng(seed).integers(1, 20, size=mask.shape)
+    return np.where(mask, ids, 0).astype("int32"), mask
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_keras_implicit_mask_equals_explicit_masks(name):
+    # The everyday Keras input: an Embedding with mask_zero=True feeding the layer (and the
+    # encoder block) in a functional model, with no mask passed by hand.
+    ids, mask = token_ids(name)
+    tokens = keras.Input(ids.shape[1:], dtype="int32")
+    embedding = keras.layers.Embedding(20, DIM, mask_zero=True)
+    seq = embedding(tokens)
+    layer = make_layer(name)
+    block = TransformerEncoderBlock(
+        num_heads=HEADS,
+        key_dim=KEY_DIM,
+        mlp_dim=8,
+        attention=name,
+        attention_kwargs=dict(case(name)["kwargs"], seed=3),
+    )
+    model = keras.Model(tokens, [layer(seq, seq), block(seq)])
+    y, y_block = (keras.ops.convert_to_numpy(t) for t in model(ids))
+    x = keras.ops.convert_to_numpy(embedding(ids))
+    np.testing.assert_allclose(y, call(layer, x, mask), atol=1e-6)
+    explicit = keras.ops.convert_to_numpy(block(x, padding_mask=mask))
+    np.testing.assert_allclose(y_block, explicit, atol=1e-6)
+    # The mask flows on to the next layer, as after MultiHeadAttention.
+    assert model.outputs[0]._keras_mask is not None
+
+
+def test_keras_implicit_mask_full_equals_multi_head_attention():
+    ids, mask = token_ids("full")
+    tokens = keras.Input(ids.shape[1:], dtype="int32")
+    seq = keras.layers.Embedding(20, DIM, mask_zero=True)(tokens)
+    mha = keras.layers.MultiHeadAttention(num_heads=HEADS, key_dim=KEY_DIM)
+    full = make_layer("full")
+    model = keras.Model(tokens, [mha(seq, seq), full(seq, seq)])
+    full.load_mha_weights(mha)
+    y_mha, y_full = (keras.ops.convert_to_numpy(t) for t in model(ids))
+    np.testing.assert_allclose(y_full[mask], y_mha[mask], atol=1e-5)
+
+
+# Variants being rewritten by other work that still read a static length.
+DYNAMIC_LENGTH_ELSEWHERE = {"chunked"}
+
+
+@tensorflow_only
+@pytest.mark.parametrize(
+    "name,causal",
+    [
+        owned_elsewhere(name, name, causal) if name in DYNAMIC_LENGTH_ELSEWHERE else (name, causal)
+        for name in NAMES
+        for causal in ((False, True) if ATTENTIONS[name].supports_causal else (False,))
+    ],
+)
+def test_unknown_length(name, causal):
+    layer = make_layer(name)
+    x, mask = inputs(name)
+    seq = keras.Input((None, DIM))
+    pad = keras.Input((None,), dtype="bool")
+    if layer.needs_static_length:
+        with pytest.raises(ValueError, match=f"{type(layer).__name__}.*static sequence length"):
+            layer(seq, seq, query_mask=pad, value_mask=pad, use_causal_mask=causal)
+        return
+    model = keras.Model(
+        [seq, pad], layer(seq, seq, query_mask=pad, value_mask=pad, use_causal_mask=causal)
+    )
+    expected = call(layer, x, mask, use_causal_mask=causal)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model([x, mask])), expected, atol=1e-5)
+    unknown = tf.function(
+        lambda a, m: layer(a, a, query_mask=m, value_mask=m, use_causal_mask=causal),
+        input_signature=[tf.TensorSpec((None, None, DIM)), tf.TensorSpec((None, None), "bool")],
+    )
+    np.testing.assert_allclose(unknown(x, mask).numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,causal", [("full", True), ("local", False)])
+def test_fit_on_padded_batches_of_varying_length(name, causal):
+    # Keras's everyday text pipeline: padded_batch gives each batch its own length.
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(1, 20, size=n).astype("int32") for n in (3, 5, 9, 4, 11, 6)]
+    data = tf.data.Dataset.from_generator(
+        lambda: ((r, np.float32(len(r) % 2)) for r in rows),
+        output_signature=(tf.TensorSpec((None,), "int32"), tf.TensorSpec((), "float32")),
+    ).padded_batch(2)
+    tokens = keras.Input((None,), dtype="int32")
+    seq = keras.layers.Embedding(20, DIM, mask_zero=True)(tokens)
+    y = make_layer(name)(seq, seq, use_causal_mask=causal)
+    out = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(y))
+    model = keras.Model(tokens, out)
+    model.compile(optimizer="adam", loss="mse")
+    history = model.fit(data, epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.parametrize(
+    "name",
+    # chunked's dropout (regenerated per tile in the backward pass) is the backend work's.
+    [owned_elsewhere(name, name) if name == "chunked" else name for name in NAMES],
+)
+def test_attention_dropout_applies_or_is_refused(name):
+    cls = ATTENTIONS[name]
+    if not cls.has_attention_probabilities:
+        with pytest.raises(ValueError, match=f"'{name}'.*no attention probabilities.*`dropout`"):
+            make_layer(name, dropout=0.5)
+        config = get_config("listops", name, "tiny", max_length=16)
+        assert config["attention_dropout"] == 0.0  # the preset's 0.1 is not passed on
+        with pytest.raises(ValueError, match="attention_dropout"):
+            get_config("listops", name, "tiny", max_length=16, attention_dropout=0.1)
+        return
+    layer = make_layer(name, dropout=0.5)
+    x, mask = inputs(name)
+    inference = call(layer, x, mask)
+    np.testing.assert_allclose(call(layer, x, mask, training=False), inference)
+    clean = make_layer(name)
+    call(clean, x, mask)
+    clean.set_weights(layer.get_weights())
+    np.testing.assert_allclose(call(clean, x, mask), inference, atol=1e-6)
+    # In training the probabilities are dropped: the output moves, padded rows stay zero.
+    trained = call(layer, x, mask, training=True)
+    np.testing.assert_array_equal(trained[~mask], 0.0)
+    assert np.abs(trained - inference).max() > 1e-3
+
+
+def test_structure_drawn_at_build_follows_the_seed():
+    # Performer's W, BigBird's table, Reformer's rotations: a function of `seed`, and with
+    # seed=None of keras.utils.set_random_seed (never OS entropy or NumPy's global state).
+    def drawn(name, **kwargs):
+        layer = make_layer(name, **kwargs)
+        call(layer, *inputs(name))
+        return [w.numpy() for w in layer.non_trainable_weights]
+
+    for name in ("performer", "bigbird", "reformer"):
+        np.testing.assert_array_equal(drawn(name)[0], drawn(name)[0])
+        assert not np.array_equal(drawn(name)[0], drawn(name, seed=4)[0])
+        keras.utils.set_random_seed(11)
+        first = drawn(name, seed=None)[0]
+        keras.utils.set_random_seed(11)
+        np.random.seed(99)  # noqa: NPY002 (NumPy's global state must not matter)
+        np.testing.assert_array_equal(drawn(name, seed=None)[0], first)
+
+
+@tensorflow_only
+@pytest.mark.parametrize("name", NAMES)
+def test_builds_lazily_inside_strategy_run(name):
+    layer = make_layer(name)
+    x, mask = inputs(name)
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        lazy = make_layer(name)
+
+    @tf.function
+    def step(a, m):
+        return strategy.run(lambda a, m: lazy(a, a, query_mask=m, value_mask=m), args=(a, m))
+
+    y = step(tf.constant(x), tf.constant(mask))
+    call(layer, x, mask)
+    layer.set_weights(lazy.get_weights())
+    np.testing.assert_allclose(
+        strategy.experimental_local_results(y)[0].numpy(), call(layer, x, mask), atol=1e-5
+    )
+
+
+def _projected(layer, query, memory):
+    """numpy q [B,T,H,d], k, v [B,S,H,d] from the layer's own projection weights."""
+
+    def project(dense, x):
+        out = np.einsum("bsc,chd->bshd", x, dense.kernel.numpy())
+        return out + dense.bias.numpy() if dense.bias is not None else out
+
+    return (
+        project(layer._query_dense, query),
+        project(layer._key_dense, memory),
+        project(layer._value_dense, memory),
+    )
+
+
+def _output(layer, out):
+    dense = layer._output_dense
+    return np.einsum("bthd,hdo->bto", out, dense.kernel.numpy()) + dense.bias.numpy()
+
+
+def _reference_full(layer, q, k, v, memory_mask):
+    return dense_attention(q, k, v, padding_allowed(np.ones(q.shape[:2], bool), memory_mask))
+
+
+def _reference_set(layer, q, k, v, memory_mask):
+    # ISAB (Lee et al. 2019): H = Attn(I, X), then Attn(Q, [H W_K, H W_V]).
+    points = layer.inducing_points.numpy()
+    points = np.broadcast_to(points, (q.shape[0],) + points.shape)
+    m = points.shape[1]
+    induced = dense_attention(
+        points, k, v, padding_allowed(np.ones((q.shape[0], m), bool), memory_mask)
+    )
+    k2 = np.einsum("bmhd,hdge->bmge", induced, layer._inducing_key_dense.kernel.numpy())
+    v2 = np.einsum("bmhd,hdge->bmge", induced, layer._inducing_value_dense.kernel.numpy())
+    k2 = k2 + layer._inducing_key_dense.bias.numpy()
+    v2 = v2 + layer._inducing_value_dense.bias.numpy()
+    return dense_attention(q, k2, v2, True)
+
+
+def _reference_performer_relu(layer, q, k, v, memory_mask):
+    # Performer's ReLU kernel (Choromanski et al. 2021): phi(x) = relu(W x / sqrt(m)) + eps,
+    # then linear attention phi(q) (sum_j phi(k_j) v_j^T) / phi(q) . sum_j phi(k_j).
+    w = layer.projection.numpy().astype(np.float64)
+
+    def phi(x):
+        return np.maximum(np.einsum("blhd,md->blhm", x, w) / np.sqrt(w.shape[0]), 0) + 1e-3
+
+    phi_q, phi_k = phi(q), phi(k) * memory_mask[:, :, None, None]
+    num = np.einsum("bthm,bshm,bshd->bthd", phi_q, phi_k, v)
+    den = np.einsum("bthm,bshm->bth", phi_q, phi_k)[..., None]
+    return num / den
+
+
+def _memory_compressed_identity(layer):
+    # Compression rate 1 with identity kernels and zero biases: exactly full attention.
+    for part in ("key", "value"):
+        kernel = getattr(layer, f"{part}_compression_kernel")
+        kernel.assign(np.broadcast_to(np.eye(kernel.shape[-1]), kernel.shape).astype("float32"))
+        getattr(layer, f"{part}_compression_bias").assign(np.zeros(kernel.shape[1:3], "float32"))
+    return _reference_full
+
+
+CROSS_REFERENCES = {
+    "full": ({}, lambda layer: _reference_full),
+    "set": ({}, lambda layer: _reference_set),
+    "performer": ({"kernel": "relu"}, lambda layer: _reference_performer_relu),
+    "memory_compressed": ({"compression_rate": 1}, _memory_compressed_identity),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CROSS_REFERENCES))
+def test_cross_attention_numerics(name):
+    overrides, reference = CROSS_REFERENCES[name]
+    layer = make_layer(name, **overrides)
+    x, _ = inputs(name)
+    rng = np.random.default_rng(1)
+    memory = rng.normal(size=(BATCH, x.shape[1] + 3, DIM)).astype("float32")
+    memory_mask = lengths_mask([memory.shape[1], memory.shape[1] - 2], memory.shape[1])
+    layer(x, memory, value_mask=memory_mask)
+    ref = reference(layer)
+    q, k, v = (a.astype(np.float64) for a in _projected(layer, x, memory))
+    expected = _output(layer, ref(layer, q, k, v, memory_mask))
+    y = keras.ops.convert_to_numpy(layer(x, memory, value_mask=memory_mask))
+    np.testing.assert_allclose(y, expected, atol=2e-5, rtol=1e-4)
+
+
+# Variants whose length is a grid (L = h * w) refuse a length of 0 naming the grid argument.
+# Variants whose static structure (grid, SortNet blocks) is fixed by the length at build
+# refuse a length of 0, naming the argument that defines it.
+GRID_ARGUMENT = {"axial": "axis_shape", "image_local": "image_shape", "sinkhorn": "block_size"}
+
+
+@pytest.mark.parametrize("empty", ["batch", "length"])
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_batch_or_length(name, empty):
+    layer = make_layer(name)
+    x, mask = inputs(name)
+    x, mask = (x[:0], mask[:0]) if empty == "batch" else (x[:, :0], mask[:, :0])
+    if empty == "length" and name in GRID_ARGUMENT:
+        with pytest.raises(ValueError, match=f"{GRID_ARGUMENT[name]}.*got length 0"):
+            call(layer, x, mask)
+        return
+    y = call(layer, x, mask)
+    assert y.shape == x.shape

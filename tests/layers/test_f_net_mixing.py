@@ -84,7 +84,7 @@ def test_built_like_every_variant():
         num_heads=2,
         key_dim=8,
         value_dim=4,
-        dropout=0.1,
+        dropout=0.0,
         use_bias=False,
         kernel_initializer="he_normal",
         kernel_regularizer="l2",
@@ -95,7 +95,7 @@ def test_built_like_every_variant():
     layer = get_attention("fnet", **mha_args)
     assert isinstance(layer, FNetMixing) and layer.name == "mixer"
     assert (layer.num_heads, layer.key_dim, layer.value_dim, layer.seed) == (2, 8, 4, 7)
-    assert layer.dropout == 0.1 and layer.use_bias is False
+    assert layer.dropout == 0.0 and layer.use_bias is False
     assert {"num_heads", "key_dim", "dropout", "seed"} <= set(attention_parameters(FNetMixing))
     x, mask = inputs()
     assert not layer.weights and layer.projection_flops(2, 13, 13) == 0

@@ -216,3 +216,77 @@ def test_bad_arguments_are_refused():
         SegmentRecurrentEncoder(block="lstm")
     with pytest.raises(ValueError, match="compression"):
         CompressiveTransformerBlock(num_heads=1, key_dim=4, mlp_dim=8, compression="zip")
+
+
+def _relative_attention(policy="float32", **kwargs):
+    return RelativeMultiHeadAttention(2, 8, dtype=policy, **kwargs)
+
+
+def _xl_block(policy="float32"):
+    return TransformerXLBlock(
+        num_heads=2, key_dim=8, mlp_dim=16, memory_length=4, dropout=0.0, dtype=policy
+    )
+
+
+def _compressive_block(policy="float32"):
+    return CompressiveTransformerBlock(
+        num_heads=2,
+        key_dim=8,
+        mlp_dim=16,
+        memory_length=4,
+        compressed_memory_length=2,
+        dropout=0.0,
+        dtype=policy,
+    )
+
+
+def _compressive_encoder(policy="float32"):
+    return encoder(block="compressive", segment_length=4, compressed_memory_length=2, dtype=policy)
+
+
+RECURRENCE_CASES = {
+    # Each: (factory, call on (layer, x, memory) -> the first output).
+    "relative": (_relative_attention, lambda m, x, mem: m(x, np.concatenate([mem, x], 1))),
+    "transformer_xl": (_xl_block, lambda m, x, mem: m(x, mem)[0]),
+    "compressive": (_compressive_block, lambda m, x, mem: m(x, mem, mem[:, :2])[0]),
+    "encoder": (_compressive_encoder, lambda m, x, mem: m(np.concatenate([mem, x], 1))),
+}
+
+
+# Relative error against float32 with the same weights: measured <= 1.0e-3 (float16) and
+# <= 7e-3 (bfloat16) for all four; the bounds are the attention contract's.
+@pytest.mark.parametrize("policy,bound", [("mixed_float16", 2e-3), ("mixed_bfloat16", 2e-2)])
+@pytest.mark.parametrize("kind", sorted(RECURRENCE_CASES))
+def test_mixed_precision_close_to_float32_and_trains(kind, policy, bound):
+    make, run = RECURRENCE_CASES[kind]
+    x, memory = rand(2, 6, DIM), rand(2, 4, DIM, seed=1)
+    reference = make()
+    y32 = keras.ops.convert_to_numpy(run(reference, x, memory))
+    layer = make(policy)
+    run(layer, x, memory)
+    layer.set_weights(reference.get_weights())
+    x_var = tf.Variable(x)
+    with tf.GradientTape() as tape:
+        y = run(layer, x_var, memory)
+        loss = tf.reduce_sum(tf.cast(y, "float32") ** 2)
+    assert keras.backend.standardize_dtype(y.dtype) == policy.split("_")[1]
+    y = np.asarray(y, np.float64)
+    assert np.abs(y - y32).max() / np.abs(y32).max() <= bound
+    grads = tape.gradient(loss, [x_var] + layer.trainable_variables)
+    assert all(
+        np.all(np.isfinite(np.asarray(tf.convert_to_tensor(g), np.float32)))
+        for g in grads
+        if g is not None
+    )
+
+
+def test_seeded_initializer_gives_distinct_weights():
+    attn = _relative_attention(kernel_initializer=keras.initializers.GlorotUniform(seed=1))
+    attn(rand(2, 3, DIM), rand(2, 5, DIM))
+    kernels = [w.numpy() for w in attn.weights if w.path.endswith("kernel")]
+    assert len(kernels) == 5
+    flat = [k.ravel() for k in kernels]
+    for i in range(len(flat)):
+        for j in range(i + 1, len(flat)):
+            n = min(flat[i].size, flat[j].size)
+            assert not np.allclose(flat[i][:n], flat[j][:n]), (i, j)

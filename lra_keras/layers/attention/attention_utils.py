@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import random
 
 import keras
 from keras import ops
@@ -41,21 +42,40 @@ def masked_softmax(logits, mask=None, axis=-1):
     return ops.softmax(logits, axis=axis)
 
 
-def causal_mask(query_length: int, key_length: int, query_offset=0, key_offset=0):
-    """Boolean [T, S] mask allowing key j for query i when key_offset+j <= query_offset+i."""
+def dim(x, axis: int):
+    """The size of `axis` of `x`: a Python int when static, else a scalar tensor.
+
+    Variants that work on `keras.Input((None, dim))` build their masks, paddings and block
+    counts from this, so that an unknown length flows through as a tensor.
+    """
+    size = x.shape[axis]
+    return int(size) if size is not None else ops.shape(x)[axis]
+
+
+def shape_of(x) -> list:
+    """`x`'s shape with static sizes as ints and unknown ones as scalar tensors."""
+    return [dim(x, i) for i in range(len(x.shape))]
+
+
+def causal_mask(query_length, key_length, query_offset=0, key_offset=0):
+    """Boolean [T, S] mask allowing key j for query i when key_offset+j <= query_offset+i.
+
+    The lengths may be tensors (an unknown length, from `dim`).
+    """
     qi = ops.arange(query_length)[:, None] + query_offset
     kj = ops.arange(key_length)[None, :] + key_offset
     return kj <= qi
 
 
-def pad_axis_to_multiple(x, axis: int, multiple: int, value=0):
-    """Pads `x` at the end of `axis` to a multiple of `multiple` (static shapes only).
+def pad_axis_to_multiple(x, axis: int, multiple, value=0):
+    """Pads `x` at the end of `axis` to a multiple of `multiple`.
 
     Adds (-L) mod `multiple` positions, never a whole extra block (the LRA reference's bug).
+    An unknown length (or `multiple`) pads by a computed amount.
     """
-    length = x.shape[axis]
+    length = dim(x, axis)
     extra = (-length) % multiple
-    if extra == 0:
+    if isinstance(extra, int) and extra == 0:
         return x
     axis = axis % len(x.shape)
     pad = [(0, 0)] * len(x.shape)
@@ -82,6 +102,73 @@ def zero_padded(x, mask):
     return ops.where(mask, x, ops.zeros((), x.dtype))
 
 
+def clone_initializer(initializer, offset: int):
+    """A fresh copy of `initializer` with its seed (if any) moved by `offset`.
+
+    Every weight of a layer takes its own clone with its own offset: a Keras initializer with
+    a fixed seed draws the same values for every variable of the same shape, so clones that
+    keep the seed make weights that must differ (Q and K, Linformer's E and F) equal at init.
+    """
+    config = initializer.get_config()
+    if config.get("seed") is not None:
+        config["seed"] = int(config["seed"]) + int(offset)
+    return initializer.__class__.from_config(config)
+
+
+def structure_seed(seed) -> int:
+    """The seed of the random structure a layer draws at build (tables, rotations, features).
+
+    The layer's `seed` when given; otherwise one drawn from Python's `random`, which
+    `keras.utils.set_random_seed` seeds (as Keras's own `SeedGenerator(None)` does): runs are
+    reproducible under a global seed, and never read OS entropy or NumPy's global state. Plain
+    Python, so a layer can be built lazily inside a traced function or `strategy.run`.
+    """
+    if seed is not None:
+        return int(seed)
+    return random.randint(1, 2**31 - 1)
+
+
+def without_keras_mask(x):
+    """`x` without its Keras implicit mask (`Embedding(mask_zero=True)`), as a real copy.
+
+    A layer that consumes the mask itself hands its sublayers (which do not support masking)
+    an unmasked tensor. The copy is `ops.copy`: `ops.identity(n)` builds an n x n identity
+    matrix in Keras 3, it does not copy a tensor.
+    """
+    if getattr(x, "_keras_mask", None) is None:
+        return x
+    return ops.copy(x)
+
+
+def check_max_length(length, max_length: int, variant: str, holds: str) -> None:
+    """Refuses an unknown length or one above `max_length` (Linformer, Synthesizer).
+
+    `holds` says what `max_length` sizes, e.g. "its projections have `max_length` rows".
+    """
+    if length is None:
+        raise ValueError(
+            f"{variant} needs a static sequence length ({holds}, `max_length`={max_length}); "
+            "got an unknown length."
+        )
+    if length > max_length:
+        raise ValueError(
+            f"{variant}: the sequence length {length} is longer than `max_length`="
+            f"{max_length}; build the layer with a larger `max_length`."
+        )
+
+
+def check_grid_length(length, grid, arg: str, variant: str) -> None:
+    """Refuses a known length that is not `grid[0] * grid[1]` (axial, image_local)."""
+    if length is None or grid is None:
+        return
+    h, w = grid
+    if length != h * w:
+        raise ValueError(
+            f"{variant}: the sequence length must equal {arg}[0] * {arg}[1] = {h} * {w} = "
+            f"{h * w}, got length {length}."
+        )
+
+
 def static_length(x, axis: int, variant: str) -> int:
     """The static size of `axis` of `x`; a clear ValueError when it is unknown."""
     length = x.shape[axis]
@@ -93,30 +180,59 @@ def static_length(x, axis: int, variant: str) -> int:
     return int(length)
 
 
-def to_blocks(x, block_size: int, axis: int, value=0):
+def to_blocks(x, block_size, axis: int, value=0):
     """Pads `axis` of `x` to a multiple of `block_size` and splits it into (blocks, block_size).
 
     E.g. [B, H, L, d] with axis=2 -> [B, H, ceil(L/b), b, d]; pads with `value` (False for a
-    boolean mask, so the added positions count as padding).
+    boolean mask, so the added positions count as padding). Works on an unknown length.
     """
     axis = axis % len(x.shape)
     x = pad_axis_to_multiple(x, axis, block_size, value=value)
-    shape = [-1 if d is None else d for d in x.shape]
+    shape = shape_of(x)
     new_shape = shape[:axis] + [shape[axis] // block_size, block_size] + shape[axis + 1 :]
-    return ops.reshape(x, new_shape)
+    return ops.reshape(x, reshape_target(new_shape))
 
 
-def from_blocks(x, length: int, axis: int):
+def from_blocks(x, length, axis: int):
     """Inverse of `to_blocks`: merges `axis` and `axis + 1` and slices back to `length`."""
     axis = axis % len(x.shape)
-    shape = [-1 if d is None else d for d in x.shape]
+    shape = shape_of(x)
     merged = shape[:axis] + [shape[axis] * shape[axis + 1]] + shape[axis + 2 :]
-    x = ops.reshape(x, merged)
-    if merged[axis] == length:
+    x = ops.reshape(x, reshape_target(merged))
+    if isinstance(merged[axis], int) and isinstance(length, int) and merged[axis] == length:
         return x
     index = [slice(None)] * len(merged)
     index[axis] = slice(0, length)
     return x[tuple(index)]
+
+
+def reshape_target(shape: list):
+    """A reshape target from ints and scalar tensors (`shape_of`): a tuple when all static."""
+    if all(isinstance(d, int) for d in shape):
+        return tuple(shape)
+    return ops.stack([ops.cast(d, "int32") for d in shape])
+
+
+def band_blocks(x, axis: int, before: int, after: int, value=0):
+    """Each block of `x` joined with its `before` previous and `after` next blocks.
+
+    `x` is `[..., nb, b, ...]` with the blocks on `axis` and their positions on `axis + 1`;
+    the result is `[..., nb, (before + 1 + after) * b, ...]`: blocks n - before .. n + after
+    in order, with blocks past either end filled with `value` (False for a
+    mask). The banded variants (sparse, longformer, bigbird) score a query block against
+    this band. Works on an unknown number of blocks.
+    """
+    axis = axis % len(x.shape)
+    nb = dim(x, axis)
+    pad = [(0, 0)] * len(x.shape)
+    pad[axis] = (before, after)
+    padded = ops.pad(x, pad, constant_values=value) if before or after else x
+    index = [slice(None)] * len(x.shape)
+    shifted = []
+    for shift in range(before + after + 1):
+        index[axis] = slice(shift, shift + nb)
+        shifted.append(padded[tuple(index)])
+    return ops.concatenate(shifted, axis=axis + 1) if len(shifted) > 1 else shifted[0]
 
 
 def masked_softmax_parts(logits: list, masks: list) -> list:
@@ -131,9 +247,15 @@ def masked_softmax_parts(logits: list, masks: list) -> list:
     if len(biased) == 1:
         return [ops.softmax(biased[0], axis=-1)]
     probs = ops.softmax(ops.concatenate(biased, axis=-1), axis=-1)
-    sizes = [int(x.shape[-1]) for x in logits]
-    splits = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
-    return ops.split(probs, splits, axis=-1)
+    sizes = [dim(x, -1) for x in logits]
+    if all(isinstance(size, int) for size in sizes):
+        splits = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
+        return ops.split(probs, splits, axis=-1)
+    parts, start = [], 0
+    for size in sizes:  # an unknown key-set size: slices instead of a static split
+        parts.append(probs[..., start : start + size])
+        start = start + size
+    return parts
 
 
 def checked_int(

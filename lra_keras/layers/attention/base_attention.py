@@ -35,6 +35,32 @@ def refuse_mha_arguments(layer_name: str, kwargs: dict) -> None:
                 )
 
 
+def check_attention_dropout(layer, dropout) -> None:
+    """Validates `dropout`; refuses `dropout > 0` for a variant with no probabilities."""
+    name = type(layer).__name__
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float):
+        raise ValueError(f"{name}: `dropout` must be a number in [0, 1), got {dropout!r}.")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"{name}: `dropout` must be in [0, 1), got {dropout!r}.")
+    if dropout > 0 and not layer.has_attention_probabilities:
+        raise ValueError(
+            f"{name} ('{layer.attention_name}') forms no attention probabilities, so it "
+            f"cannot apply attention dropout: `dropout` must be 0, got {dropout!r}."
+        )
+
+
+def refuse_rotary(layer, kwargs: dict) -> None:
+    """Pops `rotary` arguments given to a mixer without queries and keys; refuses `rotary=True`.
+
+    For token mixers that are not a BaseAttention (fnet, s4d) but share its interface.
+    """
+    if kwargs.pop("rotary", False):
+        raise capability_error(
+            layer, "rotary position embeddings (`rotary=True`)", "it has no queries or keys."
+        )
+    kwargs.pop("rotary_max_wavelength", None)
+
+
 def capability_error(layer, capability: str, detail: str = "") -> ValueError:
     """The ValueError for asking `layer` for a capability it lacks; names both."""
     return ValueError(
@@ -59,6 +85,39 @@ def check_call_capabilities(
         raise capability_error(
             layer, "`return_attention_scores`", "it never forms the attention matrix."
         )
+
+
+def check_input_shapes(layer, query_shape, value_shape, key_shape) -> None:
+    """Validates [batch, length, dim] inputs: ranks, key/value agreement and, for a
+    self-attention-only layer, equal query and key lengths (a capability error)."""
+    for arg, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
+        if len(shape) != 3:
+            raise ValueError(
+                f"{type(layer).__name__}: `{arg}` must have shape [batch, length, dim], "
+                f"got shape {tuple(shape)}."
+            )
+    if tuple(value_shape[:2]) != tuple(key_shape[:2]) and None not in tuple(key_shape[:2]):
+        raise ValueError(
+            f"{type(layer).__name__}: `key` and `value` must have the same batch and length, "
+            f"got {tuple(key_shape)} and {tuple(value_shape)}."
+        )
+    t, s = query_shape[1], value_shape[1]
+    if not layer.supports_cross_attention and t is not None and s is not None and t != s:
+        raise capability_error(
+            layer,
+            "cross-attention",
+            f"query length {t} differs from key length {s}; it is self-attention only.",
+        )
+
+
+def check_float_inputs(layer, **tensors) -> None:
+    """Refuses non-floating inputs (token ids passed where embeddings belong)."""
+    for arg, x in tensors.items():
+        if not keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype)):
+            raise ValueError(
+                f"{type(layer).__name__}: `{arg}` must be a floating-point tensor "
+                f"(embed token ids first), got dtype {x.dtype}."
+            )
 
 
 def mha_config(layer) -> dict:
@@ -185,6 +244,12 @@ class BaseAttention(keras.layers.Layer):
     supports_attention_mask = False
     # Whether rotary positions can be applied to this variant's queries and keys.
     supports_rotary = True
+    # False for variants with no probability tensor (linear, performer): they refuse
+    # `dropout > 0` rather than ignore it, and the zoo passes them attention dropout 0.
+    has_attention_probabilities = True
+    # For variants with `needs_static_length`: the argument whose weights or tables fix the
+    # length, and why; named by the error an unknown length raises.
+    static_length_argument = ""
     # The registry name, set by `register_attention`.
     attention_name = "base"
 
@@ -214,8 +279,7 @@ class BaseAttention(keras.layers.Layer):
         self.num_heads = attention_utils.checked_int(num_heads, "num_heads", name)
         self.key_dim = attention_utils.checked_int(key_dim, "key_dim", name)
         value_dim = attention_utils.checked_int(value_dim, "value_dim", name, allow_none=True)
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"{name}: `dropout` must be in [0, 1), got {dropout!r}.")
+        check_attention_dropout(self, dropout)
         self.supports_masking = True
         self.value_dim = self.key_dim if value_dim is None else value_dim
         self.dropout = float(dropout)
@@ -262,24 +326,29 @@ class BaseAttention(keras.layers.Layer):
         earlier calls: a clone with the same seed would give every kernel the same values
         (keras.layers.MultiHeadAttention's clones keep the seed and do exactly that).
         """
-        self._sublayer_draws = getattr(self, "_sublayer_draws", 0) + 1
-        offset = self._sublayer_draws
-
-        def clone(initializer):
-            config = initializer.get_config()
-            if config.get("seed") is not None:
-                config["seed"] = int(config["seed"]) + offset
-            return initializer.__class__.from_config(config)
-
+        offset = self._next_seed_offset()
         return dict(
-            kernel_initializer=clone(self.kernel_initializer),
-            bias_initializer=clone(self.bias_initializer),
+            kernel_initializer=attention_utils.clone_initializer(self.kernel_initializer, offset),
+            bias_initializer=attention_utils.clone_initializer(self.bias_initializer, offset),
             kernel_regularizer=self.kernel_regularizer,
             bias_regularizer=self.bias_regularizer,
             kernel_constraint=self.kernel_constraint,
             bias_constraint=self.bias_constraint,
             dtype=self.dtype_policy,
         )
+
+    def _next_seed_offset(self) -> int:
+        self._seed_offset = getattr(self, "_seed_offset", 0) + 1
+        return self._seed_offset
+
+    def _fresh_initializer(self, initializer=None):
+        """A clone of `initializer` (default: the kernel initializer) for one more weight.
+
+        Variants pass it to `add_weight` for weights of their own, so that with a seeded
+        initializer no two weights are equal unless tied on purpose.
+        """
+        initializer = self.kernel_initializer if initializer is None else initializer
+        return attention_utils.clone_initializer(initializer, self._next_seed_offset())
 
     def _output_dims(self, query_shape) -> tuple:
         if self._output_shape is None:
@@ -328,6 +397,7 @@ class BaseAttention(keras.layers.Layer):
     def build(self, query_shape, value_shape, key_shape=None):
         key_shape = value_shape if key_shape is None else key_shape
         self._check_shapes(query_shape, value_shape, key_shape)
+        self._check_static_length(query_shape, value_shape)
         self._build_projections(query_shape, value_shape, key_shape)
         self._build_variant(query_shape, value_shape)
         self.built = True
@@ -341,23 +411,19 @@ class BaseAttention(keras.layers.Layer):
         return capability_error(self, capability, detail)
 
     def _check_shapes(self, query_shape, value_shape, key_shape):
-        for arg, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
-            if len(shape) != 3:
-                raise ValueError(
-                    f"{type(self).__name__}: `{arg}` must have shape [batch, length, dim], "
-                    f"got shape {tuple(shape)}."
-                )
-        if tuple(value_shape[:2]) != tuple(key_shape[:2]) and None not in tuple(key_shape[:2]):
-            raise ValueError(
-                f"{type(self).__name__}: `key` and `value` must have the same batch and length, "
-                f"got {tuple(key_shape)} and {tuple(value_shape)}."
-            )
-        t, s = query_shape[1], value_shape[1]
-        if not self.supports_cross_attention and t is not None and s is not None and t != s:
-            raise self._capability_error(
-                "cross-attention",
-                f"query length {t} differs from key length {s}; it is self-attention only.",
-            )
+        check_input_shapes(self, query_shape, value_shape, key_shape)
+
+    def _check_static_length(self, query_shape, value_shape):
+        """Refuses an unknown length, naming the variant and the argument that fixes it."""
+        if not self.needs_static_length or None not in (query_shape[1], value_shape[1]):
+            return
+        argument = self.static_length_argument or "its structure"
+        raise ValueError(
+            f"{type(self).__name__} ('{self.attention_name}') needs a static sequence length "
+            f"(fixed at build by {argument}); got query shape {tuple(query_shape)} and value "
+            f"shape {tuple(value_shape)}. Give the input a fixed length, e.g. "
+            "keras.Input((length, dim))."
+        )
 
     def _check_mask(self, arg: str, mask, batch_and_length):
         return check_padding_mask(type(self).__name__, arg, mask, batch_and_length)
@@ -380,26 +446,21 @@ class BaseAttention(keras.layers.Layer):
         key_is_value = key is None or key is value
         if key is None:
             key = value
-        for arg, x in (("query", query), ("value", value), ("key", key)):
-            if not keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype)):
-                raise ValueError(
-                    f"{type(self).__name__}: `{arg}` must be a floating-point tensor "
-                    f"(embed token ids first), got dtype {x.dtype}."
-                )
+        check_float_inputs(self, query=query, value=value, key=key)
         self._check_shapes(query.shape, value.shape, key.shape)
         # Keras fills `query_mask`/`value_mask`/`key_mask` from the inputs' implicit masks
         # (`Embedding(mask_zero=True)`) in `__call__`, as for MultiHeadAttention. The masks are
         # consumed here, so the projections get unmasked copies (they do not support masking).
-        if hasattr(query, "_keras_mask"):
-            query = ops.identity(query)
-        if hasattr(value, "_keras_mask"):
-            value = ops.identity(value)
-        key = value if key_is_value else (ops.identity(key) if hasattr(key, "_keras_mask") else key)
+        query = attention_utils.without_keras_mask(query)
+        value = attention_utils.without_keras_mask(value)
+        key = value if key_is_value else attention_utils.without_keras_mask(key)
         query_mask = self._check_mask("query_mask", query_mask, query.shape[:2])
         value_mask = self._check_mask("value_mask", value_mask, value.shape[:2])
         key_mask = self._check_mask("key_mask", key_mask, key.shape[:2])
         check_call_capabilities(self, use_causal_mask, attention_mask, return_attention_scores)
 
+        if 0 in (query.shape[0], query.shape[1], value.shape[1]):
+            return self._empty_result(query, value, return_attention_scores)
         if query_mask is None:
             query_mask = ops.ones_like(query[..., 0], dtype="bool")
         kv_mask = None
@@ -457,6 +518,26 @@ class BaseAttention(keras.layers.Layer):
         if self._rotary_embedding is None:
             return q, k
         return self._rotary_embedding(q), self._rotary_embedding(k)
+
+    def _empty_result(self, query, value, return_attention_scores):
+        """The result for a batch of 0, or a length of 0: nothing to attend to.
+
+        An empty output `[batch, T, out]` (with T > 0 and no keys, every row is zero, as a
+        fully padded row is), computed without the variant, whose blocks, landmarks or
+        features have no meaning on an empty sequence.
+        """
+        batch, t = attention_utils.dim(query, 0), attention_utils.dim(query, 1)
+        output = ops.zeros(
+            attention_utils.reshape_target([batch, t, *self._output_dims(query.shape)]),
+            self.compute_dtype,
+        )
+        if return_attention_scores:
+            s = attention_utils.dim(value, 1)
+            scores = ops.zeros(
+                attention_utils.reshape_target([batch, self.num_heads, t, s]), "float32"
+            )
+            return output, scores
+        return output
 
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} must implement `_attend`.")

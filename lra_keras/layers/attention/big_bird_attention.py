@@ -77,6 +77,10 @@ class BigBirdAttention(BaseAttention):
     strictly_causal = False
     supports_cross_attention = False
     needs_static_length = True
+    static_length_argument = (
+        "`block_size` and `num_random_blocks` (its random block table is drawn for the "
+        "number of blocks)"
+    )
 
     def __init__(
         self,
@@ -122,8 +126,7 @@ class BigBirdAttention(BaseAttention):
 
     def _draw_table(self, nb: int) -> np.ndarray:
         r = self.num_random_blocks
-        # Without a seed, numpy's global state (seeded by keras.utils.set_random_seed).
-        seed = self.seed if self.seed is not None else np.random.randint(2**31)  # noqa: NPY002
+        seed = attention_utils.structure_seed(self.seed)
         rng = np.random.default_rng(seed)
         table = np.zeros((self.num_heads, nb - 2, r), np.int32)
         for h in range(self.num_heads):
@@ -186,9 +189,9 @@ class BigBirdAttention(BaseAttention):
         q_mid = qb[:, :, 1 : nb - 1]
 
         # Window: blocks q-1, q, q+1 of each middle block q.
-        k_win = ops.concatenate([kb[:, :, s : s + nm] for s in range(3)], axis=3)
-        v_win = ops.concatenate([vb[:, :, s : s + nm] for s in range(3)], axis=3)
-        m_win = ops.concatenate([mb[:, s : s + nm] for s in range(3)], axis=2)  # [B, nm, 3b]
+        k_win = attention_utils.band_blocks(kb, 2, 1, 1)[:, :, 1 : nb - 1]
+        v_win = attention_utils.band_blocks(vb, 2, 1, 1)[:, :, 1 : nb - 1]
+        m_win = attention_utils.band_blocks(mb, 1, 1, 1, value=False)[:, 1 : nb - 1]  # [B, nm, 3b]
         logits = [ops.einsum("bhnqd,bhnkd->bhnqk", q_mid, k_win)]
         masks = [m_win[:, None, :, None, :]]
 

@@ -9,11 +9,14 @@ from keras import ops
 
 from lra_keras.layers.attention import attention_utils
 from lra_keras.layers.attention.base_attention import (
-    capability_error,
+    check_attention_dropout,
     check_call_capabilities,
+    check_float_inputs,
+    check_input_shapes,
     check_padding_mask,
     mha_config,
     refuse_mha_arguments,
+    refuse_rotary,
 )
 from lra_keras.layers.attention.registry import register_attention
 
@@ -29,7 +32,8 @@ class FNetMixing(keras.layers.Layer):
     MultiHeadAttention's constructor arguments (`num_heads`, `key_dim`, `value_dim`, `dropout`,
     `use_bias`, the initializers, regularizers and constraints, `seed`) are accepted and kept as
     attributes for that uniformity, but unused: there is no projection and no probability tensor,
-    hence no attention dropout. `output_shape`, if given, must equal the input's last dimension.
+    hence no attention dropout (`dropout > 0` raises a ValueError). `output_shape`, if given,
+    must equal the input's last dimension.
     The FFT runs in float32 under any dtype policy. Time O(L D log(L D)), memory O(L D).
     Not causal; self-attention only (`query` is mixed; `value` and `key` must have its length
     and are not otherwise used, so pass the same tensor).
@@ -87,6 +91,7 @@ class FNetMixing(keras.layers.Layer):
     supports_attention_scores = False
     supports_attention_mask = False
     supports_rotary = False
+    has_attention_probabilities = False
     # The registry name, set by `register_attention`.
     attention_name = "fnet"
 
@@ -109,16 +114,9 @@ class FNetMixing(keras.layers.Layer):
         **kwargs,
     ):
         refuse_mha_arguments(type(self).__name__, kwargs)
-        if kwargs.pop("rotary", False):
-            raise capability_error(
-                self, "rotary position embeddings (`rotary=True`)", "it has no queries or keys."
-            )
-        kwargs.pop("rotary_max_wavelength", None)
+        refuse_rotary(self, kwargs)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(
-                f"{type(self).__name__}: `dropout` must be in [0, 1), got {dropout!r}."
-            )
+        check_attention_dropout(self, dropout)
         self.supports_masking = True
         name = type(self).__name__
         self.num_heads = attention_utils.checked_int(num_heads, "num_heads", name, allow_none=True)
@@ -141,21 +139,7 @@ class FNetMixing(keras.layers.Layer):
         return self._output_shape
 
     def _check_shapes(self, query_shape, value_shape, key_shape):
-        for arg, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
-            if len(shape) != 3:
-                raise ValueError(
-                    f"{type(self).__name__}: `{arg}` must have shape [batch, length, dim], "
-                    f"got shape {tuple(shape)}."
-                )
-        t = query_shape[1]
-        for s in (value_shape[1], key_shape[1]):
-            if t is not None and s is not None and t != s:
-                raise capability_error(
-                    self,
-                    "cross-attention",
-                    f"query length {t} differs from key/value length {s}; it mixes the "
-                    "tokens of one sequence.",
-                )
+        check_input_shapes(self, query_shape, value_shape, key_shape)
         dim = query_shape[-1]
         if self._output_shape is not None and dim is not None:
             out = self._output_shape
@@ -188,12 +172,7 @@ class FNetMixing(keras.layers.Layer):
     ):
         del training
         key = value if key is None else key
-        for arg, x in (("query", query), ("value", value), ("key", key)):
-            if not keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype)):
-                raise ValueError(
-                    f"{type(self).__name__}: `{arg}` must be a floating-point tensor "
-                    f"(embed token ids first), got dtype {x.dtype}."
-                )
+        check_float_inputs(self, query=query, value=value, key=key)
         self._check_shapes(query.shape, value.shape, key.shape)
         name = type(self).__name__
         masks = [

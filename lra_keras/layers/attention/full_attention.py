@@ -72,7 +72,10 @@ class FullAttention(BaseAttention):
         logits = ops.einsum("bqhd,bkhd->bhqk", q, k)
         mask = key_mask[:, None, None, :]
         if causal:
-            mask = ops.logical_and(mask, attention_utils.causal_mask(q.shape[1], k.shape[1]))
+            mask = ops.logical_and(
+                mask,
+                attention_utils.causal_mask(attention_utils.dim(q, 1), attention_utils.dim(k, 1)),
+            )
         if attention_mask is not None:
             mask = ops.logical_and(mask, attention_mask[:, None, :, :])
         probs = attention_utils.masked_softmax(logits, mask)

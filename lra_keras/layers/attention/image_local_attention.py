@@ -77,6 +77,10 @@ class ImageLocalAttention(BaseAttention):
     supports_cross_attention = False
     # True for the 2D form (L = h * w); a 1D layer (image_shape=None) sets it False.
     needs_static_length = True
+    static_length_argument = (
+        "`image_shape` (the length must be its height * width) or `block_length` (its "
+        "static block tables)"
+    )
 
     def __init__(
         self,
@@ -98,18 +102,11 @@ class ImageLocalAttention(BaseAttention):
         self.query_shape = attention_utils.int_pair(query_shape, "query_shape", name)
         self.memory_flange = attention_utils.int_pair(memory_flange, "memory_flange", name, 0)
         self.block_length = attention_utils.checked_int(block_length, "block_length", name)
-        if self.image_shape is None:
-            self.needs_static_length = False
 
     def _check_length(self, length):
-        if self.image_shape is None or length is None:
-            return
-        h, w = self.image_shape
-        if length != h * w:
-            raise ValueError(
-                f"ImageLocalAttention: the sequence length must equal image_shape[0] * "
-                f"image_shape[1] = {h} * {w} = {h * w}, got length {length}."
-            )
+        attention_utils.check_grid_length(
+            length, self.image_shape, "image_shape", "ImageLocalAttention"
+        )
 
     def _build_variant(self, query_shape, value_shape):
         self._check_length(query_shape[1])

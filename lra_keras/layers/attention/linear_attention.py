@@ -22,7 +22,8 @@ class LinearAttention(BaseAttention):
     v_j^T` and `z = sum_j phi(k_j)` over the allowed keys (no 1/sqrt(d) scale), in O(L d dv)
     time. The causal form is a prefix sum computed chunk by chunk (the masked quadratic form
     inside a chunk, running sums across chunks; see `linear_attention_utils`), strictly causal.
-    There is no probability tensor, so `dropout` (attention dropout) is not applied.
+    There is no probability tensor, so attention dropout cannot apply: `dropout > 0` raises
+    a ValueError.
 
     Args:
         num_heads: int. Number of attention heads.
@@ -60,6 +61,7 @@ class LinearAttention(BaseAttention):
     # RoFormer rotates the feature maps in the numerator only; not wired here yet.
     supports_rotary = False
     _no_rotary_reason = "rotary positions for kernelised attention are not implemented yet."
+    has_attention_probabilities = False
 
     def __init__(
         self,

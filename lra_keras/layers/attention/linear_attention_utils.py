@@ -83,16 +83,16 @@ def linear_attention(
 
 
 def _causal_linear_attention(phi_q, phi_k, v, key_log_scale, chunk_size, eps):
-    t, s = phi_q.shape[1], phi_k.shape[1]
-    if t is None or s is None:
-        raise ValueError(
-            "The causal linear-attention prefix sum needs static sequence lengths, got query "
-            f"length {t} and key length {s}."
-        )
+    t, s = attention_utils.dim(phi_q, 1), attention_utils.dim(phi_k, 1)
     if chunk_size <= 0:
         raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size}.")
-    length = max(t, s)
-    c = min(chunk_size, length)
+    if isinstance(t, int) and isinstance(s, int):
+        length = max(t, s)
+        c = min(chunk_size, length)
+    else:
+        # An unknown length: chunks of chunk_size (the same sums, in more padding at worst).
+        length = ops.maximum(t, s)
+        c = chunk_size
     n = -(-length // c)
     padded = n * c
     if key_log_scale is None:
@@ -102,10 +102,11 @@ def _causal_linear_attention(phi_q, phi_k, v, key_log_scale, chunk_size, eps):
         # [B, L, H, ...] -> [B, H, n, c, ...], padded at the end to n * c positions.
         x = ops.pad(
             x,
-            [(0, 0), (0, padded - x.shape[1])] + [(0, 0)] * (len(x.shape) - 2),
+            [(0, 0), (0, padded - attention_utils.dim(x, 1))] + [(0, 0)] * (len(x.shape) - 2),
             constant_values=value,
         )
-        x = ops.reshape(x, (-1, n, c) + tuple(x.shape[2:]))
+        shape = attention_utils.shape_of(x)
+        x = ops.reshape(x, attention_utils.reshape_target([shape[0], n, c] + shape[2:]))
         perm = (0, 3, 1, 2) + tuple(range(4, len(x.shape)))
         return ops.transpose(x, perm)
 
@@ -145,6 +146,9 @@ def _causal_linear_attention(phi_q, phi_k, v, key_log_scale, chunk_size, eps):
     den = den + ops.einsum("bhnim,bhnm->bhni", q, z_prev) * to_query
 
     out = _safe_divide(num, den[..., None], eps)  # [B, H, n, c, dv]
-    heads, dv = out.shape[1], out.shape[-1]
-    out = ops.reshape(ops.transpose(out, (0, 2, 3, 1, 4)), (-1, padded, heads, dv))
+    batch, heads, _, _, dv = attention_utils.shape_of(out)
+    out = ops.reshape(
+        ops.transpose(out, (0, 2, 3, 1, 4)),
+        attention_utils.reshape_target([batch, padded, heads, dv]),
+    )
     return out[:, :t]

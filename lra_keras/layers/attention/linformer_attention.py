@@ -60,6 +60,7 @@ class LinformerAttention(BaseAttention):
     strictly_causal = False
     supports_cross_attention = False
     needs_static_length = True
+    static_length_argument = "`max_length` (the rows of its E and F projections)"
 
     def __init__(
         self,
@@ -80,24 +81,19 @@ class LinformerAttention(BaseAttention):
         self.share_kv = bool(share_kv)
 
     def _check_length(self, length):
-        if length is None:
-            raise ValueError(
-                "LinformerAttention needs a static sequence length (its projections have "
-                f"`max_length`={self.max_length} rows); got an unknown length."
-            )
-        if length > self.max_length:
-            raise ValueError(
-                f"LinformerAttention: the sequence length {length} is longer than "
-                f"`max_length`={self.max_length}; build the layer with a larger `max_length`."
-            )
+        attention_utils.check_max_length(
+            length,
+            self.max_length,
+            "LinformerAttention",
+            "its E and F projections have `max_length` rows",
+        )
 
     def _projection_weight(self, name):
         return self.add_weight(
             name=name,
             shape=(self.max_length, self.projection_dim),
-            initializer=self.kernel_initializer.__class__.from_config(
-                self.kernel_initializer.get_config()
-            ),
+            # A distinct seed per kernel: E and F are independent when not shared.
+            initializer=self._fresh_initializer(),
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
         )

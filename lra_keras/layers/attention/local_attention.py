@@ -66,9 +66,10 @@ class LocalAttention(BaseAttention):
         self.block_size = attention_utils.checked_int(block_size, "block_size", "LocalAttention")
 
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
-        length = attention_utils.static_length(q, 1, "LocalAttention")
-        # A block larger than the sequence is the same pattern as one block of length L.
-        b = min(self.block_size, length)
+        length = attention_utils.dim(q, 1)
+        # A block larger than the sequence is the same pattern as one block of length L (with
+        # an unknown length, blocks of block_size: the same outputs).
+        b = min(self.block_size, length) if isinstance(length, int) else self.block_size
         q = ops.multiply(q, ops.cast(1.0 / math.sqrt(self.key_dim), q.dtype))
         qb = attention_utils.to_blocks(attention_utils.heads_first(q), b, axis=2)
         kb = attention_utils.to_blocks(attention_utils.heads_first(k), b, axis=2)

@@ -101,8 +101,20 @@ class LongformerAttention(BaseAttention):
         w = self.window_size
         return (w - 1, 0) if causal else (w - w // 2 - 1, w // 2)
 
-    def global_positions(self, length: int) -> np.ndarray:
-        """The sorted, distinct global positions in [0, length)."""
+    def global_positions(self, length: int | None) -> np.ndarray:
+        """The sorted, distinct global positions in [0, length).
+
+        With an unknown length (None) they must be non-negative; any past the sequence's end
+        is then ignored at call time.
+        """
+        if length is None:
+            if any(g < 0 for g in self.global_tokens):
+                raise ValueError(
+                    "LongformerAttention: negative `global_tokens` "
+                    f"{self.global_tokens!r} count from the end and need a static sequence "
+                    "length; give the input a fixed length or use non-negative positions."
+                )
+            return np.unique(np.array(self.global_tokens, np.int64))
         for g in self.global_tokens:
             if not -length <= g < length:
                 raise ValueError(
@@ -112,14 +124,22 @@ class LongformerAttention(BaseAttention):
         return np.unique(np.array([g % length for g in self.global_tokens], np.int64))
 
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
-        length = attention_utils.static_length(q, 1, "LongformerAttention")
+        length = attention_utils.dim(q, 1)
+        static = isinstance(length, int)
         q = ops.multiply(q, ops.cast(1.0 / math.sqrt(self.key_dim), q.dtype))
         q, k, v = (attention_utils.heads_first(x) for x in (q, k, v))  # [B, H, L, d]
         left, right = self.window_bounds(causal)
-        glob = self.global_positions(length)
+        glob = self.global_positions(length if static else None)
+        # Global positions past an unknown length are ignored (masked out) rather than raised.
+        glob_real = None if static else ops.convert_to_tensor(glob, "int32") < length
+        glob_index = (
+            glob if static else ops.minimum(ops.convert_to_tensor(glob, "int32"), length - 1)
+        )
         dil = self.dilation
         sub_length = -(-length // dil)
-        chunk = min(max(left, right, 1), sub_length)
+        chunk = max(left, right, 1)
+        if static:
+            chunk = min(chunk, sub_length)
 
         def layout(x, axis, value=0):
             # [.., L, ..] -> [.., dil, nb, chunk, ..]: position i = (n chunk + t) dil + s.
@@ -131,66 +151,82 @@ class LongformerAttention(BaseAttention):
 
         qb, kb, vb = layout(q, 2), layout(k, 2), layout(v, 2)  # [B, H, dil, nb, chunk, d]
         mb = layout(key_mask, 1, value=False)  # [B, dil, nb, chunk]
-        nb = qb.shape[3]
-        before = 1 if (left > 0 and nb > 1) else 0
-        after = 1 if (right > 0 and nb > 1) else 0
-        pad5 = [(0, 0)] * 3 + [(before, after)] + [(0, 0)] * 2
-        kpad, vpad = ops.pad(kb, pad5), ops.pad(vb, pad5)
-        mpad = ops.pad(mb, [(0, 0), (0, 0), (before, after), (0, 0)], constant_values=False)
+        nb = attention_utils.dim(qb, 3)
+        several = not static or nb > 1
+        before = 1 if (left > 0 and several) else 0
+        after = 1 if (right > 0 and several) else 0
         shifts = range(before + after + 1)
-        k_band = ops.concatenate([kpad[:, :, :, s : s + nb] for s in shifts], axis=4)
-        v_band = ops.concatenate([vpad[:, :, :, s : s + nb] for s in shifts], axis=4)
-        m_band = ops.concatenate([mpad[:, :, s : s + nb] for s in shifts], axis=3)
-        heads, dk, dv = qb.shape[1], qb.shape[-1], vb.shape[-1]
+        k_band = attention_utils.band_blocks(kb, 3, before, after)
+        v_band = attention_utils.band_blocks(vb, 3, before, after)
+        m_band = attention_utils.band_blocks(mb, 2, before, after, value=False)
+        batch, heads, _, _, _, dk = attention_utils.shape_of(qb)
+        dv = attention_utils.dim(vb, -1)
+        band_keys = len(shifts) * chunk
         # TensorFlow's softmax takes at most 5 dimensions: merge (residue, chunk) into one axis.
         rows = dil * nb
-        qb = ops.reshape(qb, (-1, heads, rows, chunk, dk))
-        k_band = ops.reshape(k_band, (-1, heads, rows, k_band.shape[4], dk))
-        v_band = ops.reshape(v_band, (-1, heads, rows, v_band.shape[4], dv))
-        m_band = ops.reshape(m_band, (-1, rows, m_band.shape[3]))
-        rel = (np.arange(len(shifts) * chunk)[None, :] - before * chunk) - np.arange(chunk)[:, None]
+        target = attention_utils.reshape_target
+        qb = ops.reshape(qb, target([batch, heads, rows, chunk, dk]))
+        k_band = ops.reshape(k_band, target([batch, heads, rows, band_keys, dk]))
+        v_band = ops.reshape(v_band, target([batch, heads, rows, band_keys, dv]))
+        m_band = ops.reshape(m_band, target([batch, rows, band_keys]))
+        rel = (np.arange(band_keys)[None, :] - before * chunk) - np.arange(chunk)[:, None]
         band = (rel >= -left) & (rel <= right)  # [chunk, K], in units of dil
         logits = [ops.einsum("bhnqd,bhnkd->bhnqk", qb, k_band)]
         masks = [ops.logical_and(m_band[:, None, :, None, :], band)]
         if len(glob):
-            kg = ops.take(k, glob, axis=2)  # [B, H, G, d]
+            kg = ops.take(k, glob_index, axis=2)  # [B, H, G, d]
             logits.append(ops.einsum("bhnqd,bhgd->bhnqg", qb, kg))
-            qpos = (
-                (np.arange(nb)[None, :, None] * chunk + np.arange(chunk)[None, None, :]) * dil
-                + np.arange(dil)[:, None, None]
-            ).reshape(rows, chunk, 1)
-            offset = glob - qpos
-            in_window = (offset % dil == 0) & (offset >= -left * dil) & (offset <= right * dil)
-            allowed = ~in_window & (glob <= qpos) if causal else ~in_window
-            key_real = ops.take(key_mask, glob, axis=1)[:, None, None, None, :]
-            masks.append(ops.logical_and(key_real, allowed))
+            qpos = ops.reshape(
+                (ops.arange(nb)[None, :, None] * chunk + ops.arange(chunk)[None, None, :]) * dil
+                + ops.arange(dil)[:, None, None],
+                target([rows, chunk, 1]),
+            )
+            offset = ops.convert_to_tensor(glob, "int32") - qpos
+            in_window = ops.logical_and(
+                ops.logical_and(offset % dil == 0, offset >= -left * dil), offset <= right * dil
+            )
+            allowed = ops.logical_not(in_window)
+            if causal:
+                allowed = ops.logical_and(allowed, offset <= 0)
+            key_real = ops.take(key_mask, glob_index, axis=1)
+            if glob_real is not None:
+                key_real = ops.logical_and(key_real, glob_real)
+            masks.append(ops.logical_and(key_real[:, None, None, None, :], allowed))
         parts = attention_utils.masked_softmax_parts(logits, masks)
         parts = [self._dropout_probs(p, training) for p in parts]
         out = ops.einsum("bhnqk,bhnkd->bhnqd", parts[0], v_band)
         if len(glob):
-            vg = ops.take(v, glob, axis=2)
+            vg = ops.take(v, glob_index, axis=2)
             out = out + ops.einsum("bhnqg,bhgd->bhnqd", parts[1], vg)
-        out = ops.reshape(out, (-1, heads, dil, nb, chunk, dv))
+        out = ops.reshape(out, target([batch, heads, dil, nb, chunk, dv]))
         # Back to [B, H, L, dv]: undo the chunks, then the residue interleaving.
         out = attention_utils.from_blocks(out, sub_length, axis=3)  # [B, H, dil, L/dil, dv]
         out = ops.transpose(out, (0, 1, 3, 2, 4))
         out = attention_utils.from_blocks(out, length, axis=2)  # [B, H, L, dv]
         if len(glob):
-            out = self._global_rows(q, k, v, key_mask, glob, out, causal, training)
+            out = self._global_rows(q, k, v, key_mask, glob_index, glob_real, out, causal, training)
         return attention_utils.heads_last(out)
 
-    def _global_rows(self, q, k, v, key_mask, glob, out, causal, training):
+    def _global_rows(self, q, k, v, key_mask, glob, glob_real, out, causal, training):
         """Global queries attend to every key; their rows replace the windowed ones."""
-        length = q.shape[2]
+        length = attention_utils.dim(q, 2)
+        glob = ops.convert_to_tensor(glob, "int32")
         qg = ops.take(q, glob, axis=2)
         logits = ops.einsum("bhgd,bhkd->bhgk", qg, k)
         mask = key_mask[:, None, None, :]
         if causal:
-            mask = ops.logical_and(mask, np.arange(length)[None, :] <= glob[:, None])
+            mask = ops.logical_and(mask, ops.arange(length)[None, :] <= glob[:, None])
         probs = self._dropout_probs(attention_utils.masked_softmax(logits, mask), training)
         out_g = ops.einsum("bhgk,bhkd->bhgd", probs, v)
-        index = np.arange(length)
-        index[glob] = length + np.arange(len(glob))
+        # Row i takes global row g where glob[g] == i (and g is real), else its windowed row.
+        hit = ops.arange(length)[:, None] == glob[None, :]  # [L, G]
+        if glob_real is not None:
+            hit = ops.logical_and(hit, glob_real[None, :])
+        index = ops.where(
+            ops.any(hit, axis=1),
+            length + ops.argmax(ops.cast(hit, "int32"), axis=1),
+            ops.arange(length),
+        )
         return ops.take(ops.concatenate([out, out_g], axis=2), index, axis=2)
 
     def attention_flops(self, batch, query_length, key_length, causal=False):

@@ -125,9 +125,8 @@ class MemoryCompressedAttention(BaseAttention):
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
         del query, query_mask
         c = self.compression_rate
-        t = attention_utils.static_length(q, 1, "MemoryCompressedAttention")
-        s = attention_utils.static_length(k, 1, "MemoryCompressedAttention")
-        if causal and t != s:
+        t, s = attention_utils.dim(q, 1), attention_utils.dim(k, 1)
+        if causal and isinstance(t, int) and isinstance(s, int) and t != s:
             raise ValueError(
                 "MemoryCompressedAttention: causal attention is self-attention only (its causal "
                 f"rule compares positions), got query length {t} and key length {s}."
@@ -137,14 +136,14 @@ class MemoryCompressedAttention(BaseAttention):
         v = ops.where(key_mask[:, :, None, None], v, ops.zeros_like(v))
         k_slots = self._compress(k, self.key_compression_kernel, self.key_compression_bias)
         v_slots = self._compress(v, self.value_compression_kernel, self.value_compression_bias)
-        n = k_slots.shape[1]
+        n = attention_utils.dim(k_slots, 1)
         block_mask = attention_utils.to_blocks(key_mask, c, axis=1, value=False)  # [B, n, c]
         slot_mask = ops.any(block_mask, axis=-1)
         own = causal and c > 1
         if own:
             # Queries padded to n * c rows, so that they split into the same blocks as the keys.
             q = attention_utils.pad_axis_to_multiple(q, 1, c)
-        rows = q.shape[1]
+        rows = attention_utils.dim(q, 1)
         qf = attention_utils.to_float32(q) * (1.0 / math.sqrt(self.key_dim))
         logits = [ops.einsum("bthd,bnhd->bhtn", qf, attention_utils.to_float32(k_slots))]
         masks = [slot_mask[:, None, None, :]]
@@ -152,24 +151,22 @@ class MemoryCompressedAttention(BaseAttention):
             visible = (ops.arange(n)[None, :] + 1) * c - 1 <= ops.arange(rows)[:, None]
             masks[0] = ops.logical_and(masks[0], visible)
         if own:
-            q_blocks = ops.reshape(qf, (-1, n, c, self.num_heads, self.key_dim))
+            q_blocks = attention_utils.to_blocks(qf, c, axis=1)
             k_blocks = attention_utils.to_float32(attention_utils.to_blocks(k, c, axis=1))
             own_logits = ops.einsum("bnihd,bnjhd->bhnij", q_blocks, k_blocks)
-            logits.append(ops.reshape(own_logits, (-1, self.num_heads, rows, c)))
+            logits.append(attention_utils.from_blocks(own_logits, rows, axis=2))
             # Position i in the block sees j <= i, and only while its slot is incomplete.
             pos = ops.arange(c)
             within = ops.logical_and(pos[None, :] <= pos[:, None], pos[:, None] < c - 1)
             own_mask = ops.logical_and(block_mask[:, :, None, :], within)  # [B, n, c, c]
-            masks.append(ops.reshape(own_mask, (-1, 1, rows, c)))
+            masks.append(attention_utils.from_blocks(own_mask, rows, axis=1)[:, None])
         probs = attention_utils.masked_softmax_parts(logits, masks)
         out = ops.einsum("bhtn,bnhd->bthd", self._dropout_probs(probs[0], training), v_slots)
         if own:
-            own_probs = ops.reshape(
-                self._dropout_probs(probs[1], training), (-1, self.num_heads, n, c, c)
-            )
+            own_probs = attention_utils.to_blocks(self._dropout_probs(probs[1], training), c, 2)
             v_blocks = attention_utils.to_blocks(v, c, axis=1)  # [B, n, c, H, dv]
             own_out = ops.einsum("bhnij,bnjhd->bnihd", own_probs, v_blocks)
-            out = out + ops.reshape(own_out, (-1, rows, self.num_heads, self.value_dim))
+            out = out + attention_utils.from_blocks(own_out, rows, axis=1)
             out = out[:, :t]
         return out
 

@@ -21,7 +21,7 @@ def iterative_pinv(a, iterations: int = 6):
     Python (a static count), so it compiles under XLA and differentiates.
     """
     a = attention_utils.to_float32(a)
-    m = a.shape[-1]
+    m = attention_utils.dim(a, -1)
     eye = ops.eye(m, dtype="float32")
     col_sum = ops.max(ops.sum(ops.abs(a), axis=-2), axis=-1)
     row_sum = ops.max(ops.sum(ops.abs(a), axis=-1), axis=-1)
@@ -144,7 +144,7 @@ class NystromAttention(BaseAttention):
 
     def _landmarks(self, x, token_mask, m: int):
         """Segment means of the real tokens of x [B, H, L, d] -> ([B, H, m, d], [B, m] mask)."""
-        length = x.shape[2]
+        length = attention_utils.dim(x, 2)
         segment = -(-length // m)
         xb = attention_utils.to_blocks(x, segment, axis=2)  # [B, H, m', s, d], m' <= m
         mb = attention_utils.to_blocks(token_mask, segment, axis=1, value=False)  # [B, m', s]
@@ -155,9 +155,13 @@ class NystromAttention(BaseAttention):
         return means, counts > 0
 
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
-        del query, causal, training
-        length = attention_utils.static_length(q, 1, "NystromAttention")
-        m = min(self.num_landmarks, length)
+        del query, causal
+        length = attention_utils.dim(q, 1)
+        m = (
+            min(self.num_landmarks, length)
+            if isinstance(length, int)
+            else ops.minimum(self.num_landmarks, length)
+        )
         token_mask = ops.logical_and(query_mask, key_mask)
         # Zeroed with `where`, not a product, so non-finite padded contents cannot leak.
         qf = attention_utils.heads_first(_zero_where(q, token_mask))
@@ -166,7 +170,7 @@ class NystromAttention(BaseAttention):
         scale = 1.0 / math.sqrt(self.key_dim)
         q_land, land_mask = self._landmarks(qf, token_mask, m)
         k_land, _ = self._landmarks(kf, token_mask, m)
-        n = land_mask.shape[-1]
+        n = attention_utils.dim(land_mask, -1)
         # softmax(Q K~^T): empty landmarks excluded.
         kernel_1 = attention_utils.masked_softmax(
             ops.einsum("bhld,bhnd->bhln", qf, k_land) * scale, land_mask[:, None, None, :]
@@ -184,6 +188,11 @@ class NystromAttention(BaseAttention):
         kernel_3 = attention_utils.masked_softmax(
             ops.einsum("bhnd,bhld->bhnl", q_land, kf) * scale, key_mask[:, None, None, :]
         )
+        # Attention dropout on the two softmax matrices; not on A, whose pseudo-inverse would
+        # turn a dropped entry into a large correction.
+        if self.dropout > 0:
+            kernel_1 = attention_utils.to_float32(self._dropout_probs(kernel_1, training))
+            kernel_3 = attention_utils.to_float32(self._dropout_probs(kernel_3, training))
         # Right to left: [m, dv] intermediates only, never an L x L product.
         mixed = ops.matmul(a_pinv, ops.matmul(kernel_3, vf))
         out = ops.matmul(kernel_1, mixed)  # [B, H, L, dv]
@@ -194,11 +203,11 @@ class NystromAttention(BaseAttention):
 
     def _value_conv(self, v):
         """Depthwise conv along the length of masked values [B, L, H, dv], one kernel per head."""
-        b, length, h, dv = v.shape
+        batch, length, h, dv = attention_utils.shape_of(v)
         kernel = ops.repeat(ops.cast(self.conv_kernel, "float32"), dv, axis=1)  # [k, H*dv]
-        flat = ops.reshape(v, (-1, length, h * dv))
+        flat = ops.reshape(v, attention_utils.reshape_target([batch, length, h * dv]))
         out = ops.depthwise_conv(flat, kernel[:, :, None], strides=1, padding="same")
-        return ops.reshape(out, (-1, length, h, dv))
+        return ops.reshape(out, attention_utils.reshape_target([batch, length, h, dv]))
 
     def attention_flops(self, batch, query_length, key_length, causal=False):
         """Both L x m softmax products, the m x m landmark matrix, its pseudo-inverse

@@ -58,11 +58,14 @@ class PerformerAttention(BaseAttention):
     keys, or the real keys j <= i when causal). Every weight is at most 1, nothing overflows,
     padded keys never set the scale, and the causal form never looks ahead (strictly causal).
 
-    `W` (`[num_random_features, key_dim]`) is drawn at build from `seed` (orthogonal blocks by
-    QR) and stored as the non-trainable weight `projection`, so a reloaded layer is the same.
+    `W` (`[num_random_features, key_dim]`, orthogonal blocks by QR) is drawn at build from
+    `seed` (without one, through Keras's global seeding, so `keras.utils.set_random_seed`
+    makes it reproducible) and stored as the non-trainable weight `projection`, so a reloaded
+    layer is the same.
     With `redraw=True` a fresh `W` is drawn on every training call from `self.seed_generator`
     (and used for that call only); inference always uses the stored one.
-    There is no probability tensor, so `dropout` (attention dropout) is not applied.
+    There is no probability tensor, so attention dropout cannot apply: `dropout > 0` raises
+    a ValueError.
 
     Args:
         num_heads: int. Number of attention heads.
@@ -101,6 +104,7 @@ class PerformerAttention(BaseAttention):
     # RoFormer rotates the feature maps in the numerator only; not wired here yet.
     supports_rotary = False
     _no_rotary_reason = "rotary positions for kernelised attention are not implemented yet."
+    has_attention_probabilities = False
 
     def __init__(
         self,
@@ -129,17 +133,17 @@ class PerformerAttention(BaseAttention):
         self.redraw = bool(redraw)
 
     def _build_variant(self, query_shape, value_shape):
+        rng = np.random.default_rng(attention_utils.structure_seed(self.seed))
+        draw = draw_projection(rng, self.num_random_features, self.key_dim, self.orthogonal)
+        # Initialised from the draw (not assigned after add_weight), so the layer can be built
+        # lazily inside a traced function or `strategy.run`.
         self.projection = self.add_weight(
             name="projection",
             shape=(self.num_random_features, self.key_dim),
-            initializer="zeros",
+            initializer=lambda shape, dtype=None: ops.convert_to_tensor(draw, "float32"),
             trainable=False,
             dtype="float32",
             autocast=False,
-        )
-        rng = np.random.default_rng(self.seed)
-        self.projection.assign(
-            draw_projection(rng, self.num_random_features, self.key_dim, self.orthogonal)
         )
 
     def _redrawn_projection(self):

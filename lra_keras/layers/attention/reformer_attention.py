@@ -96,6 +96,10 @@ class ReformerAttention(BaseAttention):
     strictly_causal = False
     supports_cross_attention = False
     needs_static_length = True
+    static_length_argument = (
+        "`bucket_size` (its inference-time rotations are drawn for 2 * ceil(L / "
+        "bucket_size) buckets)"
+    )
 
     def __init__(
         self, num_heads: int, key_dim: int, num_hashes: int = 2, bucket_size: int = 64, **kwargs
@@ -120,8 +124,7 @@ class ReformerAttention(BaseAttention):
                 f"{tuple(query_shape)}. Give the input a fixed length, e.g. keras.Input((L, dim))."
             )
         shape = (self.num_heads, self.key_dim, self.num_hashes, self.num_buckets(length) // 2)
-        # Without a seed, numpy's global state (seeded by keras.utils.set_random_seed).
-        seed = self.seed if self.seed is not None else np.random.randint(2**31)  # noqa: NPY002
+        seed = attention_utils.structure_seed(self.seed)
         draw = np.random.default_rng(seed).standard_normal(shape).astype("float32")
         # Initialised from the draw (not assigned afterwards), so a layer first built inside a
         # traced function does not re-assign it on every step; never autocast, so a mixed

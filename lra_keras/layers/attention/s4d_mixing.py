@@ -15,6 +15,7 @@ from lra_keras.layers.attention.base_attention import (
     check_padding_mask,
     mha_config,
     refuse_mha_arguments,
+    refuse_rotary,
 )
 from lra_keras.layers.attention.registry import register_attention
 
@@ -134,6 +135,13 @@ class S4DMixing(keras.layers.Layer):
     needs_static_length = False
     supports_attention_scores = False
     supports_attention_mask = False
+    # Positions live in the state-space kernel; there are no queries or keys to rotate.
+    supports_rotary = False
+    # Its `dropout` (S4's, after the activation) is applied in training, so the zoo passes
+    # the preset's attention dropout on as it does for attention probabilities.
+    has_attention_probabilities = True
+    # The base's seeded clones of the initializers, one offset per weight.
+    _next_seed_offset = BaseAttention._next_seed_offset
     # The registry name, set by `register_attention`.
     attention_name = "s4d"
 
@@ -164,6 +172,7 @@ class S4DMixing(keras.layers.Layer):
         **kwargs,
     ):
         refuse_mha_arguments(type(self).__name__, kwargs)
+        refuse_rotary(self, kwargs)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         name = type(self).__name__
         if not 0.0 <= float(dropout) < 1.0:

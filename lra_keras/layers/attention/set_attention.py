@@ -85,8 +85,7 @@ class SetAttention(BaseAttention):
 
     def _build_variant(self, query_shape, value_shape):
         m, h = self.num_inducing_points, self.num_heads
-        sub = self._sublayer_kwargs()
-        initializer = sub["kernel_initializer"]
+        initializer = self._fresh_initializer()
 
         def init(shape, dtype=None):
             # 2D fans (m, heads*key_dim), not the 3D ones Keras would take for a conv kernel.
@@ -105,7 +104,7 @@ class SetAttention(BaseAttention):
             output_shape=(m, h, self.key_dim),
             bias_axes=bias,
             name="inducing_key",
-            **sub,
+            **self._sublayer_kwargs(),
         )
         self._inducing_key_dense.build((None, m, h, self.value_dim))
         self._inducing_value_dense = keras.layers.EinsumDense(

@@ -136,6 +136,11 @@ class SinkhornAttention(BaseAttention):
                 f"{self.block_size}); got query shape {tuple(query_shape)}. Give the input a "
                 "fixed length, e.g. keras.Input((L, dim))."
             )
+        if int(length) == 0:
+            raise ValueError(
+                "SinkhornAttention: the SortNet's block count nb = ceil(L / block_size) "
+                f"(block_size={self.block_size}) needs at least one position, got length 0."
+            )
         self.num_blocks = self._num_blocks_for(int(length))
         kwargs = self._sublayer_kwargs()
         kwargs["dtype"] = "float32"  # Sort logits feed exp and log-sum-exp: float32.

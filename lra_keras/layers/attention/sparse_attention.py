@@ -106,7 +106,7 @@ class SparseAttention(BaseAttention):
         self.pattern = pattern
 
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
-        length = attention_utils.static_length(q, 1, "SparseAttention")
+        length = attention_utils.dim(q, 1)
         q = ops.multiply(q, ops.cast(1.0 / math.sqrt(self.key_dim), q.dtype))
         b = self.block_size
         qb = attention_utils.to_blocks(attention_utils.heads_first(q), b, axis=2)
@@ -126,25 +126,27 @@ class SparseAttention(BaseAttention):
 
     def _fixed(self, qb, kb, vb, mb, causal, training):
         b, c = self.block_size, self.num_summary
-        nb = qb.shape[2]
+        nb = attention_utils.dim(qb, 2)
         own_logits = ops.einsum("bhnqd,bhnkd->bhnqk", qb, kb)
         own_mask = mb[:, None, :, None, :]
         if causal:
             own_mask = ops.logical_and(own_mask, attention_utils.causal_mask(b, b))
-        if nb == 1:
+        if isinstance(nb, int) and nb == 1:
             probs = self._dropout_probs(
                 attention_utils.masked_softmax(own_logits, own_mask), training
             )
             return ops.einsum("bhnqk,bhnkd->bhnqd", probs, vb)
-        heads, dk, dv = kb.shape[1], kb.shape[-1], vb.shape[-1]
+        batch, heads, _, _, dk = attention_utils.shape_of(kb)
+        dv = attention_utils.dim(vb, -1)
         # The summary columns of every block, gathered once and shared by all query blocks;
         # a block's own summary columns are masked here (they are in its own block already).
-        ks = ops.reshape(kb[:, :, :, b - c :, :], (-1, heads, nb * c, dk))
-        vs = ops.reshape(vb[:, :, :, b - c :, :], (-1, heads, nb * c, dv))
-        ms = ops.reshape(mb[:, :, b - c :], (-1, nb * c))
+        target = attention_utils.reshape_target
+        ks = ops.reshape(kb[:, :, :, b - c :, :], target([batch, heads, nb * c, dk]))
+        vs = ops.reshape(vb[:, :, :, b - c :, :], target([batch, heads, nb * c, dv]))
+        ms = ops.reshape(mb[:, :, b - c :], target([batch, nb * c]))
         sum_logits = ops.einsum("bhnqd,bhsd->bhnqs", qb, ks)
-        block_of = np.repeat(np.arange(nb), c)[None, :]
-        query_block = np.arange(nb)[:, None]
+        block_of = ops.repeat(ops.arange(nb), c)[None, :]
+        query_block = ops.arange(nb)[:, None]
         allowed = block_of < query_block if causal else block_of != query_block  # [nb, nb*c]
         sum_mask = ops.logical_and(ms[:, None, None, None, :], allowed[None, None, :, None, :])
         p_own, p_sum = self._softmax_parts([own_logits, sum_logits], [own_mask, sum_mask], training)
@@ -154,21 +156,17 @@ class SparseAttention(BaseAttention):
 
     def _strided(self, qb, kb, vb, mb, causal, training):
         b = self.block_size
-        nb = qb.shape[2]
+        nb = attention_utils.dim(qb, 2)
         after = 0 if causal else 1
         # The band |i - j| < b (or -b < j - i <= 0) lies in the previous, own and next blocks.
-        kpad = ops.pad(kb, [(0, 0), (0, 0), (1, after), (0, 0), (0, 0)])
-        vpad = ops.pad(vb, [(0, 0), (0, 0), (1, after), (0, 0), (0, 0)])
-        mpad = ops.pad(mb, [(0, 0), (1, after), (0, 0)], constant_values=False)
-        shifts = range(2 + after)
-        k_band = ops.concatenate([kpad[:, :, s : s + nb] for s in shifts], axis=3)
-        v_band = ops.concatenate([vpad[:, :, s : s + nb] for s in shifts], axis=3)
-        m_band = ops.concatenate([mpad[:, s : s + nb] for s in shifts], axis=2)  # [B, nb, K]
+        k_band = attention_utils.band_blocks(kb, 2, 1, after)
+        v_band = attention_utils.band_blocks(vb, 2, 1, after)
+        m_band = attention_utils.band_blocks(mb, 1, 1, after, value=False)  # [B, nb, K]
         rel = (np.arange((2 + after) * b)[None, :] - b) - np.arange(b)[:, None]  # j - i
         band = (rel > -b) & (rel <= 0) if causal else np.abs(rel) < b
         band_logits = ops.einsum("bhnqd,bhnkd->bhnqk", qb, k_band)
         band_mask = ops.logical_and(m_band[:, None, :, None, :], band[None, None, None])
-        if nb == 1:
+        if isinstance(nb, int) and nb == 1:
             probs = self._dropout_probs(
                 attention_utils.masked_softmax(band_logits, band_mask), training
             )
@@ -177,8 +175,10 @@ class SparseAttention(BaseAttention):
         # when causal); m = n is i itself, already in the band, and m = n +- 1 are not in it.
         col_logits = ops.einsum("bhnrd,bhmrd->bhnrm", qb, kb)
         key_real = ops.transpose(mb, (0, 2, 1))[:, None, None, :, :]  # [B, 1, 1, b, nb]
-        blocks = np.arange(nb)
-        allowed = (blocks[None, :] < blocks[:, None]) if causal else blocks[None] != blocks[:, None]
+        blocks = ops.arange(nb)
+        allowed = (
+            (blocks[None, :] < blocks[:, None]) if causal else blocks[None, :] != blocks[:, None]
+        )
         col_mask = ops.logical_and(key_real, allowed[None, None, :, None, :])
         p_band, p_col = self._softmax_parts(
             [band_logits, col_logits], [band_mask, col_mask], training

@@ -71,6 +71,7 @@ class SynthesizerAttention(BaseAttention):
 
     supports_cross_attention = False
     needs_static_length = True
+    static_length_argument = "`max_length` (its synthetic logits cover that many positions)"
     supports_attention_mask = True
     supports_rotary = False
     _no_rotary_reason = "its synthetic logits do not come from query-key dot products."
@@ -100,23 +101,20 @@ class SynthesizerAttention(BaseAttention):
         self.factor_b = -(-self.max_length // self.factor_a)
 
     def _check_length(self, length):
-        if length is None:
-            raise ValueError(
-                "SynthesizerAttention needs a static sequence length (its synthetic logits "
-                f"cover `max_length`={self.max_length} positions); got an unknown length."
-            )
-        if length > self.max_length:
-            raise ValueError(
-                f"SynthesizerAttention: the sequence length {length} is longer than "
-                f"`max_length`={self.max_length}; build the layer with a larger `max_length`."
-            )
+        attention_utils.check_max_length(
+            length,
+            self.max_length,
+            "SynthesizerAttention",
+            "its synthetic logits cover `max_length` positions",
+        )
 
     def _weight(self, name, shape, bias=False):
         initializer = self.bias_initializer if bias else self.kernel_initializer
         return self.add_weight(
             name=name,
             shape=shape,
-            initializer=initializer.__class__.from_config(initializer.get_config()),
+            # A distinct seed per weight: R1 == R2 would make the logits symmetric.
+            initializer=self._fresh_initializer(initializer),
             regularizer=self.bias_regularizer if bias else self.kernel_regularizer,
             constraint=self.bias_constraint if bias else self.kernel_constraint,
         )

@@ -40,7 +40,8 @@ class LRAEncoder(keras.layers.Layer):
             memory arguments).
         attention_kwargs: dict. The variant's own hyperparameters.
         dropout: float. Dropout on embeddings and in the blocks.
-        attention_dropout: float. Dropout on attention probabilities.
+        attention_dropout: float or None. Dropout on attention probabilities; None: as
+            `TransformerEncoderBlock` (0.1, or 0 for variants without probabilities).
         use_cls_token: bool. Prepend a learned CLS vector (its mask is True).
         learned_positions: bool. Learned position table instead of sinusoids (the same as
             `positions="learned"`; kept for older configs).
@@ -84,7 +85,7 @@ class LRAEncoder(keras.layers.Layer):
         attention: str = "full",
         attention_kwargs: dict | None = None,
         dropout: float = 0.1,
-        attention_dropout: float = 0.1,
+        attention_dropout: float | None = None,
         use_cls_token: bool = False,
         learned_positions: bool = False,
         mask_padding: bool = True,
@@ -103,7 +104,7 @@ class LRAEncoder(keras.layers.Layer):
         self.attention = attention
         self.attention_kwargs = dict(attention_kwargs or {})
         self.dropout = float(dropout)
-        self.attention_dropout = float(attention_dropout)
+        self.attention_dropout = None if attention_dropout is None else float(attention_dropout)
         self.use_cls_token = bool(use_cls_token)
         self.learned_positions = bool(learned_positions)
         self.mask_padding = bool(mask_padding)
@@ -150,7 +151,7 @@ class LRAEncoder(keras.layers.Layer):
                 key_dim=self.key_dim,
                 mlp_dim=self.mlp_dim,
                 dropout=self.dropout,
-                attention_dropout=self.attention_dropout,
+                attention_dropout=0.1 if self.attention_dropout is None else self.attention_dropout,
                 causal=self.causal,
                 dtype=self.dtype_policy,
                 name="recurrent",

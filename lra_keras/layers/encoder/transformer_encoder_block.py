@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import keras
 
-from lra_keras.layers.attention.registry import get_attention
+from lra_keras.layers.attention.registry import ATTENTIONS, get_attention
+
+
+def default_attention_dropout(attention: str, attention_dropout: float | None) -> float:
+    """`attention_dropout`, or when None, 0.1 (LRA's) where `attention` forms probabilities
+    and 0 where it forms none."""
+    if attention_dropout is not None:
+        return float(attention_dropout)
+    cls = ATTENTIONS.get(attention)
+    return 0.1 if getattr(cls, "has_attention_probabilities", True) else 0.0
 
 
 @keras.saving.register_keras_serializable(package="lra_keras")
@@ -21,7 +30,9 @@ class TransformerEncoderBlock(keras.layers.Layer):
         attention: str. A registry name (`lra_keras.layers.ATTENTIONS`).
         attention_kwargs: dict. The variant's own hyperparameters.
         dropout: float. Dropout after attention and in the MLP.
-        attention_dropout: float. Dropout on attention probabilities.
+        attention_dropout: float or None. Dropout on attention probabilities; None means 0.1
+            for variants that form probabilities and 0 for those that do not (linear,
+            performer, fnet refuse a non-zero value).
         **kwargs: Base layer arguments.
 
     Call arguments:
@@ -58,7 +69,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         attention: str = "full",
         attention_kwargs: dict | None = None,
         dropout: float = 0.1,
-        attention_dropout: float = 0.1,
+        attention_dropout: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -68,13 +79,13 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.attention = attention
         self.attention_kwargs = dict(attention_kwargs or {})
         self.dropout = float(dropout)
-        self.attention_dropout = float(attention_dropout)
+        self.attention_dropout = None if attention_dropout is None else float(attention_dropout)
         self.supports_masking = True
         self.attention_layer = get_attention(
             attention,
             num_heads=self.num_heads,
             key_dim=self.key_dim,
-            dropout=self.attention_dropout,
+            dropout=default_attention_dropout(attention, self.attention_dropout),
             dtype=self.dtype_policy,
             name="attention",
             **self.attention_kwargs,

@@ -143,9 +143,9 @@ class CompressiveTransformerBlock(TransformerXLBlock):
     def _content_attention(self, h, memory, mask):
         """Content-only attention of `h` over `memory` with the block's stopped weights."""
         attn = self.attention
-        kq = ops.stop_gradient(attn._query_dense.kernel)
-        kk = ops.stop_gradient(attn._key_dense.kernel)
-        kv = ops.stop_gradient(attn._value_dense.kernel)
+        kq = ops.stop_gradient(attention_utils.to_float32(attn._query_dense.kernel))
+        kk = ops.stop_gradient(attention_utils.to_float32(attn._key_dense.kernel))
+        kv = ops.stop_gradient(attention_utils.to_float32(attn._value_dense.kernel))
         q = ops.einsum("btd,dhk->bthk", attention_utils.to_float32(h), kq)
         k = ops.einsum("bsd,dhk->bshk", attention_utils.to_float32(memory), kk)
         v = ops.einsum("bsd,dhk->bshk", attention_utils.to_float32(memory), kv)

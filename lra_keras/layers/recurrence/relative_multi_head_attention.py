@@ -123,14 +123,18 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
         self.supports_masking = True
         self._dropout_layer = keras.layers.Dropout(self.dropout, seed=seed, dtype=self.dtype_policy)
 
+    def _fresh_initializer(self):
+        # A distinct seed offset per kernel: clones that keep a fixed seed make q, k, v and
+        # W_R equal at init.
+        self._seed_offset = getattr(self, "_seed_offset", 0) + 1
+        return attention_utils.clone_initializer(self.kernel_initializer, self._seed_offset)
+
     def _dense(self, equation, output_shape, bias_axes, name, input_shape):
         layer = keras.layers.EinsumDense(
             equation,
             output_shape=output_shape,
             bias_axes=bias_axes if self.use_bias else None,
-            kernel_initializer=self.kernel_initializer.__class__.from_config(
-                self.kernel_initializer.get_config()
-            ),
+            kernel_initializer=self._fresh_initializer(),
             dtype=self.dtype_policy,
             name=name,
         )
@@ -147,9 +151,7 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
         self._position_dense = keras.layers.EinsumDense(
             "pc,cde->pde",
             output_shape=heads[1:],
-            kernel_initializer=self.kernel_initializer.__class__.from_config(
-                self.kernel_initializer.get_config()
-            ),
+            kernel_initializer=self._fresh_initializer(),
             dtype=self.dtype_policy,
             name="position",
         )
@@ -187,19 +189,23 @@ class RelativeMultiHeadAttention(keras.layers.Layer):
         scale = 1.0 / math.sqrt(self.key_dim)
         q = attention_utils.to_float32(q) * scale
         k = attention_utils.to_float32(k)
-        content = ops.einsum("bqhd,bkhd->bhqk", q + self.content_bias * scale, k)
+        # The biases are read in float32: under a mixed policy Keras autocasts them to the
+        # compute dtype, and the query they are added to is float32.
+        content_bias = attention_utils.to_float32(self.content_bias) * scale
+        position_bias = attention_utils.to_float32(self.position_bias) * scale
+        content = ops.einsum("bqhd,bkhd->bhqk", q + content_bias, k)
         if use_causal_mask:
             # Distances s-1 .. 0; the shift aligns distance memory_length + i - j.
             distances = ops.arange(s - 1, -1, -1)
             r = self._encode(distances, query.shape[-1])
-            raw = ops.einsum("bqhd,phd->bhqp", q + self.position_bias * scale, r)
+            raw = ops.einsum("bqhd,phd->bhqp", q + position_bias, r)
             positional = rel_shift(raw)
         else:
             # Two-sided distances memory_length + i - j in [-(t-1), t-1 + memory_length]: no
             # future region exists to hide shift garbage in, so the shift must be exact.
             distances = ops.arange(t - 1 + memory_length, -t, -1)
             r = self._encode(distances, query.shape[-1])
-            raw = ops.einsum("bqhd,phd->bhqp", q + self.position_bias * scale, r)
+            raw = ops.einsum("bqhd,phd->bhqp", q + position_bias, r)
             positional = two_sided_shift(raw, s)
         logits = content + positional
         allowed = None
