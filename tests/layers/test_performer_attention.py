@@ -185,3 +185,36 @@ def test_bad_arguments_raise():
         PerformerAttention(num_heads=1, key_dim=2, kernel="cosine")
     with pytest.raises(ValueError, match="num_random_features"):
         PerformerAttention(num_heads=1, key_dim=2, num_random_features=0)
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "relu"])
+def test_bidirectional_path_equals_the_feature_map_form(kernel):
+    # The non-causal path is laid out heads-first for speed; it must be the same numbers as
+    # `feature_maps` + the generic kernelised routine, in values and gradients, with padding,
+    # a fully padded row and keys far apart in scale.
+    from lra_keras.layers.attention.linear_attention_utils import linear_attention
+
+    layer = built(kernel=kernel)
+    q, k, v = random_qkv(7, 9, seed=3, scale=2.0)
+    key_mask = lengths_mask([9, 0], 9)
+    q, k, v = (tf.constant(x) for x in (q, k, v))
+    mask = tf.constant(key_mask)
+
+    def generic(q, k, v):
+        phi_q, phi_k, scale = layer.feature_maps(q, k, mask)
+        return linear_attention(phi_q, phi_k, v, causal=False, key_log_scale=scale, eps=0.0)
+
+    def fast(q, k, v):
+        return layer._bidirectional(q, k, v, mask, layer.projection)
+
+    results = []
+    for fn in (generic, fast):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            out = fn(q, k, v)
+            loss = tf.reduce_sum(out * tf.range(out.shape[-1], dtype=out.dtype))
+        results.append([out] + tape.gradient(loss, [q, k, v]))
+    for a, b in zip(*results, strict=True):
+        assert np.all(np.isfinite(b.numpy()))
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=2e-5, atol=2e-6)
+    np.testing.assert_array_equal(results[1][0].numpy()[1], 0.0)

@@ -189,10 +189,54 @@ class PerformerAttention(BaseAttention):
         key_log_scale = ops.where(mask, key_max, attention_utils.NEG_INF)
         return phi_q, phi_k, key_log_scale
 
+    def _bidirectional(self, q, k, v, key_mask, projection):
+        """The non-causal output, heads first: `phi(Q) (phi(K)^T V)` row-normalised.
+
+        The same numbers as `feature_maps` + `linear_attention` (each key's features are
+        stabilised by its own maximum, then rescaled to the largest real key's), laid out as
+        `[B, H, L, m]` so that every product is a plain batched matmul: the profile of the
+        generic path showed most of its time in the transposes its einsums imply and in the
+        extra passes over `[B, L, H, m]` of the per-key rescaling.
+        """
+        w = ops.stop_gradient(attention_utils.to_float32(projection))
+        w_t = ops.transpose(w)  # [d, m]
+        q, k, v = (attention_utils.heads_first(attention_utils.to_float32(x)) for x in (q, k, v))
+        real = key_mask[:, None, :, None]  # [B, 1, S, 1]
+        if self.kernel == "relu":
+            ratio = 1.0 / math.sqrt(self.num_random_features)
+            phi_q = ops.relu(ratio * ops.matmul(q, w_t)) + _RELU_FEATURE_EPS
+            phi_k = ops.relu(ratio * ops.matmul(k, w_t)) + _RELU_FEATURE_EPS
+            phi_k = ops.where(real, phi_k, 0.0)
+        else:
+            # The constant 1/sqrt(m) of both feature maps cancels in the normalisation.
+            scale = float(self.key_dim) ** -0.25
+            q, k = q * scale, k * scale
+            a_q = ops.matmul(q, w_t) - 0.5 * ops.sum(q * q, -1, keepdims=True)
+            a_q = a_q - ops.stop_gradient(ops.max(a_q, axis=-1, keepdims=True))
+            phi_q = ops.exp(a_q) + _SOFTMAX_FEATURE_EPS
+            a_k = ops.matmul(k, w_t) - 0.5 * ops.sum(k * k, -1, keepdims=True)
+            key_max = ops.stop_gradient(ops.max(a_k, axis=-1, keepdims=True))  # [B, H, S, 1]
+            log_scale = ops.where(real, key_max, attention_utils.NEG_INF)
+            # exp(key_max - largest real key_max) <= 1: no overflow, and a row without real
+            # keys gets exp(0) (its features are zeroed below) instead of inf * 0.
+            key_scale = ops.exp(log_scale - ops.max(log_scale, axis=2, keepdims=True))
+            phi_k = (ops.exp(a_k - key_max) + _SOFTMAX_FEATURE_EPS) * key_scale
+            phi_k = ops.where(real, phi_k, 0.0)
+        kv = ops.matmul(ops.swapaxes(phi_k, -1, -2), v)  # [B, H, m, dv]
+        z = ops.sum(phi_k, axis=2, keepdims=True)  # [B, H, 1, m]
+        num = ops.matmul(phi_q, kv)
+        den = ops.sum(phi_q * z, axis=-1, keepdims=True)
+        positive = den > 0.0  # a query with no real key: output 0, not 0 / 0
+        out = ops.where(positive, num, 0.0) / ops.where(positive, den, 1.0)
+        return attention_utils.heads_last(out)
+
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
         projection = None
         if self.redraw and training:
             projection = self._redrawn_projection()
+        if not causal:
+            w = self.projection if projection is None else projection
+            return self._bidirectional(q, k, v, key_mask, w)
         phi_q, phi_k, key_log_scale = self.feature_maps(q, k, key_mask, projection)
         return linear_attention(
             phi_q,
