@@ -70,6 +70,7 @@ class AxialAttention(BaseAttention):
     strictly_causal = False
     supports_cross_attention = False
     needs_static_length = True
+    static_length_argument = "`axis_shape` (the grid the sequence fills, L = rows * columns)"
 
     def __init__(self, num_heads: int, key_dim: int, axis_shape=None, **kwargs):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
@@ -81,12 +82,7 @@ class AxialAttention(BaseAttention):
         self.axis_shape = attention_utils.int_pair(axis_shape, "axis_shape", "AxialAttention")
 
     def _check_length(self, length):
-        h, w = self.axis_shape
-        if length is not None and length != h * w:
-            raise ValueError(
-                f"AxialAttention: the sequence length must equal axis_shape[0] * axis_shape[1] "
-                f"= {h} * {w} = {h * w}, got length {length}."
-            )
+        attention_utils.check_grid_length(length, self.axis_shape, "axis_shape", "AxialAttention")
 
     def _build_variant(self, query_shape, value_shape):
         self._check_length(query_shape[1])

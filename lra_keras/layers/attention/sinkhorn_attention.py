@@ -102,6 +102,10 @@ class SinkhornAttention(BaseAttention):
     strictly_causal = False
     supports_cross_attention = False
     needs_static_length = True
+    static_length_argument = (
+        "`block_size` (its SortNet maps each block to one logit per block, "
+        "nb = ceil(L / block_size))"
+    )
 
     def __init__(
         self,
