@@ -213,3 +213,58 @@ def test_rotary_under_mixed_bfloat16_is_close_to_float32():
     y = keras.ops.convert_to_numpy(keras.ops.cast(layer(x, x), "float32"))
     # bfloat16 keeps 8 bits of mantissa: a relative error of a few 1e-3 per op.
     assert np.abs(y - ref).max() / np.abs(ref).max() < 3e-2
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_linear_attention_rotates_features_in_the_numerator_only(causal):
+    # RoFormer eq. 19: sum_n (R_m phi(q_m)) . (R_n phi(k_n)) v_n / sum_n phi(q_m) . phi(k_n).
+    length = 10
+    layer = get_attention("linear", num_heads=HEADS, key_dim=KEY_DIM, rotary=True, chunk_size=3)
+    rng = np.random.default_rng(6)
+    q, k, v = (rng.normal(size=(2, length, HEADS, KEY_DIM)).astype("float32") for _ in range(3))
+    mask = lengths_mask([length, 6], length)
+    layer.build((2, length, DIM), (2, length, DIM))
+    out = layer._attend(
+        *(keras.ops.convert_to_tensor(x) for x in (q, k, v)),
+        query=None,
+        query_mask=keras.ops.convert_to_tensor(mask),
+        key_mask=keras.ops.convert_to_tensor(mask),
+        causal=causal,
+        training=False,
+    )
+
+    def phi(x):
+        return np.where(x > 0, x + 1.0, np.exp(x))  # elu(x) + 1
+
+    phi_q, phi_k = phi(q.astype(np.float64)), phi(k.astype(np.float64)) * mask[..., None, None]
+    rq, rk = rotation_reference(phi_q), rotation_reference(phi_k)
+    allowed = padding_allowed(mask, mask, causal=causal)[:, 0]  # [B, T, S]
+    num = np.einsum("bthm,bshm,bts,bshd->bthd", rq, rk, allowed, v)
+    den = np.einsum("bthm,bshm,bts->bth", phi_q, phi_k, allowed)[..., None]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out), num / (den + 1e-6), atol=1e-4)
+
+
+def test_performer_rotary_fast_path_equals_the_generic_one():
+    from lra_keras.layers.attention.linear_attention_utils import linear_attention
+
+    layer = get_attention(
+        "performer", num_heads=HEADS, key_dim=KEY_DIM, rotary=True, num_random_features=16
+    )
+    layer.build((2, 9, DIM), (2, 9, DIM))
+    rng = np.random.default_rng(7)
+    q, k, v = (
+        keras.ops.convert_to_tensor(rng.normal(size=(2, 9, HEADS, KEY_DIM)), "float32")
+        for _ in range(3)
+    )
+    mask = keras.ops.convert_to_tensor(lengths_mask([9, 5], 9))
+    phi_q, phi_k, scale = layer.feature_maps(q, k, mask)
+    rotated = (layer._rotary_embedding(phi_q), layer._rotary_embedding(phi_k))
+    generic = linear_attention(
+        phi_q, phi_k, v, causal=False, key_log_scale=scale, eps=0.0, rotated=rotated
+    )
+    fast = layer._bidirectional(q, k, v, mask, layer.projection)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(fast), keras.ops.convert_to_numpy(generic), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="num_random_features` must be even"):
+        get_attention("performer", num_heads=2, key_dim=4, rotary=True, num_random_features=15)

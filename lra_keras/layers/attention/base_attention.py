@@ -244,6 +244,8 @@ class BaseAttention(keras.layers.Layer):
     supports_attention_mask = False
     # Whether rotary positions can be applied to this variant's queries and keys.
     supports_rotary = True
+    # Kernelised variants rotate their feature maps inside `_attend` instead (RoFormer).
+    rotary_on_features = False
     # False for variants with no probability tensor (linear, performer): they refuse
     # `dropout > 0` rather than ignore it, and the zoo passes them attention dropout 0.
     has_attention_probabilities = True
@@ -515,7 +517,7 @@ class BaseAttention(keras.layers.Layer):
         Variants whose attention is not a dot product of q and k (the kernelised ones) override
         this and rotate inside `_attend`.
         """
-        if self._rotary_embedding is None:
+        if self._rotary_embedding is None or self.rotary_on_features:
             return q, k
         return self._rotary_embedding(q), self._rotary_embedding(k)
 

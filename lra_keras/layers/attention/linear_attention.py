@@ -58,9 +58,9 @@ class LinearAttention(BaseAttention):
         Linear Attention", ICML 2020.
     """
 
-    # RoFormer rotates the feature maps in the numerator only; not wired here yet.
-    supports_rotary = False
-    _no_rotary_reason = "rotary positions for kernelised attention are not implemented yet."
+    # Rotary positions as RoFormer applies them to linear attention: the feature maps are
+    # rotated in the numerator only (Su et al., eq. 19).
+    rotary_on_features = True
     has_attention_probabilities = False
 
     def __init__(
@@ -86,7 +86,12 @@ class LinearAttention(BaseAttention):
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
         phi_q = self._features(q)
         phi_k = attention_utils.zero_padded(self._features(k), key_mask)
-        return linear_attention(phi_q, phi_k, v, causal=causal, chunk_size=self.chunk_size)
+        rotated = None
+        if self.rotary:
+            rotated = (self._rotary_embedding(phi_q), self._rotary_embedding(phi_k))
+        return linear_attention(
+            phi_q, phi_k, v, causal=causal, chunk_size=self.chunk_size, rotated=rotated
+        )
 
     def attention_flops(self, batch, query_length, key_length, causal=False):
         """phi(K)^T V and phi(Q) S (d x dv each per token), plus chunk-local blocks if causal."""
