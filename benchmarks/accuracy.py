@@ -10,10 +10,12 @@ majority class and LRA Table 1's ListOps column.
 
 Why these defaults: at LRA's lengths the `small` model runs 0.25-0.4 steps/s on 2 CPU cores and
 after 600 steps, inside LRA's 1000-step warmup, still predicted the majority class. At 256
-tokens `full` runs ~4 steps/s on 2 idle cores and its validation accuracy left the majority
-class (0.17) after ~450 steps of this schedule, reaching 0.33 at step 600; 1200 steps are ~5-10
-minutes per model on 2 idle cores. BigBird's LRA block of 64 needs 705 tokens before its
-sparse path starts (it would run dense at 256), so the benchmark gives it blocks of 16.
+tokens `full` ran ~4 steps/s on 2 lightly loaded cores and its validation accuracy left the
+majority class (0.17) after ~450 steps of this schedule, reaching 0.33 at step 600, so 1200
+steps should take ~5-10 minutes per model on 2 idle cores (on the shared machine, at a load
+average of 8-16, the nine runs took 8-20 minutes each, two at a time). BigBird's LRA block of
+64 needs 705 tokens before its sparse path starts (it would run dense at 256), so the benchmark
+gives it blocks of 16.
 
 Pathfinder-32 (`--tasks pathfinder`) trains the `tiny` preset for 150 steps: at that budget it
 stays near chance for every variant, so it shows that each variant trains on images, not which
