@@ -212,21 +212,44 @@ def test_accuracy_table_keeps_failures(monkeypatch):
             "attention": "full",
             "status": "ok",
             "test_accuracy": 0.25,
+            "best_step": 800,
             "wall_seconds": 12.0,
         },
         {"task": "listops", "attention": "linear", "status": "failed", "error": "ValueError: x"},
         {"task": "listops", "attention": "local", "status": "out of memory", "error": "Killed"},
     ]
-    args = argparse.Namespace(
-        tasks="listops", steps=None, seed=0, listops_examples=100, pathfinder_images=10
-    )
+    args = argparse.Namespace(tasks="listops", seed=0, listops_examples=100, pathfinder_images=10)
     text = accuracy.table(results, {"listops": 0.2}, args)
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if "|" in line}
     assert "0.200" in rows["majority class"]
-    assert "0.250" in rows["full"] and "12" in rows["full"]
+    cells = [c.strip() for c in rows["full"].split("|")[2:-1]]
+    assert cells == ["0.250", "800", "12", "0.364"]  # the paper's 36.37
     assert "failed" in rows["linear"] and "out of memory" in rows["local"]
+    assert "0.161" in rows["linear"]  # the paper's column stays beside a failed run
     assert "- listops / linear: failed: ValueError: x" in text
-    assert "400 training steps on listops" in text
+    assert "preset `small`, 1200 steps of batch 32" in text and "50-255 tokens" in text
+
+
+def test_accuracy_defaults_are_the_documented_listops_setting():
+    args = argparse.Namespace()
+    assert accuracy.task_steps("listops", args) == 1200
+    overrides = accuracy.task_overrides("listops", "full", args)
+    assert overrides["max_length"] == 256 and overrides["learning_rate"] == 2e-3
+    assert overrides["warmup_steps"] == 100 and overrides["schedule"] == "cosine"
+    # Flags replace the defaults.
+    args = argparse.Namespace(num_train_steps=7, max_length=128, learning_rate=1e-2)
+    assert accuracy.task_steps("listops", args) == 7
+    overrides = accuracy.task_overrides("listops", "local", args)
+    assert overrides["max_length"] == 128 and overrides["learning_rate"] == 1e-2
+    # BigBird takes its sparse path at the capped length, not the dense fallback.
+    from lra_keras.layers import get_attention
+
+    kwargs = accuracy.task_overrides("listops", "bigbird")["attention_kwargs"]
+    bigbird = get_attention("bigbird", num_heads=2, key_dim=4, **kwargs)
+    assert bigbird.min_sparse_length() <= 256
+    from lra_keras.layers import ATTENTIONS
+
+    assert set(accuracy.TABLE2) <= set(ATTENTIONS) and len(accuracy.TABLE2) == 9
 
 
 def test_accuracy_run_killed_by_the_kernel_is_out_of_memory(monkeypatch, tmp_path):
@@ -234,7 +257,7 @@ def test_accuracy_run_killed_by_the_kernel_is_out_of_memory(monkeypatch, tmp_pat
         return subprocess.CompletedProcess(args, -9, stdout="", stderr="Killed\n")
 
     monkeypatch.setattr(subprocess, "run", killed)
-    args = argparse.Namespace(steps=3, seed=0, timeout=5, out_dir=str(tmp_path))
+    args = argparse.Namespace(num_train_steps=3, seed=0, timeout=5, out_dir=str(tmp_path))
     result = accuracy.train_one("listops", "full", str(tmp_path), args)
     assert result["status"] == "out of memory" and result["steps"] == 3
 
@@ -242,9 +265,9 @@ def test_accuracy_run_killed_by_the_kernel_is_out_of_memory(monkeypatch, tmp_pat
 def test_accuracy_runs_grid_variants_on_a_listops_grid():
     overrides = accuracy.task_overrides("listops", "axial")
     height, width = overrides["attention_kwargs"]["axis_shape"]
-    assert (height, width) == (8, 16) and overrides["pooling"] == "mean"
-    assert accuracy.task_overrides("listops", "transformer_xl") == {"max_length": 128}
-    assert accuracy.task_overrides("pathfinder", "axial") == {}
+    assert (height, width) == (16, 16) and overrides["pooling"] == "mean"
+    assert accuracy.task_overrides("listops", "transformer_xl")["max_length"] == 256
+    assert "axis_shape" not in str(accuracy.task_overrides("pathfinder", "axial"))
 
 
 def test_grid_variants_get_a_grid_of_the_length():
@@ -305,6 +328,8 @@ def test_accuracy_end_to_end(tmp_path):
             "5",
             "--listops_examples",
             "100",
+            "--listops_eval_examples",
+            "50",
             "--pathfinder_images",
             "40",
             "--out_dir",
@@ -323,7 +348,8 @@ def test_accuracy_end_to_end(tmp_path):
         assert 0 <= r["test_accuracy"] <= 1 and r["wall_seconds"] > 0
     for task in ("listops", "pathfinder"):
         assert 0 < report["majority_baseline"][task] <= 1
-        assert os.path.exists(tmp_path / "accuracy_data" / task / ".complete")
+        # ListOps data is kept per length range (listops_50_256 by default).
+        assert list((tmp_path / "accuracy_data").glob(f"{task}*/.complete"))
     for name in ("accuracy.json", "accuracy.md", "accuracy.png"):
         assert os.path.getsize(tmp_path / name) > 0
     table = (tmp_path / "accuracy.md").read_text()
