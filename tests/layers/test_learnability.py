@@ -68,8 +68,11 @@ CASES: dict[str, dict] = {
     "longformer": {"kwargs": {"window_size": 4, "global_tokens": (0,)}},
     # 8 blocks of 2 (min sparse length 15): position 0 is in the global first block.
     "bigbird": {"kwargs": {"block_size": 2, "num_random_blocks": 1}},
-    # Tied row/column projections today (0.66); issue 15 unties them (re-check then).
-    "axial": {"kwargs": {"axis_shape": (4, 4)}, "pointer": 0.55},
+    # One axial layer: position 0 reads its own row directly, but another row reaches it only
+    # through that row's first position, whose row query does not know the pointer (it sits
+    # at position 0): a row summary, not a lookup (0.51 untied, 0.66 when the stages were
+    # tied). Two layers would route any position to any other.
+    "axial": {"kwargs": {"axis_shape": (4, 4)}, "pointer": 0.45},
     # The elu + 1 feature map cannot make a sharp pointer over 16 keys (0.83; causal 1.00).
     "linear": {"kwargs": {}, "pointer": 0.7},
     # Keys and values compressed along the length to 8 < 16 mixtures (0.68 to 0.69).
@@ -88,12 +91,17 @@ CASES: dict[str, dict] = {
     # Everything passes through 4 inducing points (0.37).
     "set": {"kwargs": {"num_inducing_points": 4}, "pointer": 0.3},
     "memory_compressed": {"kwargs": {"compression_rate": 2}},
-    # Position 0's block attends to one sorted block chosen from block summaries, with Gumbel
-    # noise in training: 0.78 to 0.99 between runs that differ only in XLA or not.
+    # Position 0's block attends to one sorted block chosen by SortNet from block summaries,
+    # with Gumbel noise in training (1.00 with SortNet; 0.78 to 0.99 before it).
     "sinkhorn": {"kwargs": {"block_size": 4}, "pointer": 0.6},
-    # Today each centroid takes its top-w queries and about a third of the outputs are zero
-    # (0.52, causal 0.47); issue 15 adds local heads so that every token is served (re-check).
-    "routing": {"kwargs": {}, "pointer": 0.4, "causal": 0.38},
+    # One of the two heads is local (blocks of 4 here), the other routed: position 0 finds the
+    # pointer's target only when both land in one cluster (0.47; causal 0.79, where the local
+    # head covers t - 2 within its block).
+    "routing": {"kwargs": {}, "pointer": 0.4, "causal": 0.7},
+    # A linear time-invariant mixer, like fnet: position 0 receives a fixed, position-weighted
+    # sum of the inputs and cannot select by content (0.27 pointer); a fixed look-back is
+    # exactly what its causal kernel learns (1.00).
+    "s4d": {"kwargs": {}, "pointer": 0.22, "margin": 0.12},
 }
 
 
