@@ -99,6 +99,24 @@ SETTINGS = (
     "warmup_steps",
     "eval_every",
 )
+# Training recipes, compared at equal total steps: `rotary` swaps the preset's additive
+# positions for rotary ones; `+pretrain` spends `--pretrain_steps` of the budget on masked
+# self-pretraining on the training inputs (`lra-train --pretrain masked`), the rest on
+# fine-tuning.
+RECIPES = ("plain", "rotary", "pretrain", "rotary+pretrain")
+
+
+def recipe_spec(recipe: str, args) -> dict:
+    """`{"positions": str | None, "pretrain_steps": int}` of a recipe name."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
+    positions = "rotary" if "rotary" in recipe else getattr(args, "positions", None)
+    pretrain = getattr(args, "pretrain_steps", 0) or 0
+    if "pretrain" in recipe and not pretrain:
+        raise ValueError(f"recipe {recipe!r} needs --pretrain_steps > 0")
+    return {"positions": positions, "pretrain_steps": pretrain if "pretrain" in recipe else 0}
+
+
 # Attention arguments the short ListOps needs beside the preset's (see the docstring).
 LISTOPS_ATTENTION = {"bigbird": {"block_size": 16, "num_random_blocks": 3}}
 
@@ -189,9 +207,22 @@ def majority_baseline(task: str, folder: str, args=None) -> float:
     return float(np.bincount(labels).max() / len(labels))
 
 
-def train_one(task: str, attention: str, folder: str, args) -> dict:
-    model_dir = os.path.join(args.out_dir, "accuracy_runs", f"{task}_{attention}")
+def train_one(task: str, attention: str, folder: str, args, recipe: str = "plain") -> dict:
+    spec = recipe_spec(recipe, args)
+    suffix = "" if recipe == "plain" else "_" + recipe.replace("+", "_")
+    model_dir = os.path.join(args.out_dir, "accuracy_runs", f"{task}_{attention}{suffix}")
     steps = task_steps(task, args)
+    # Equal total steps: pretraining takes its share of the budget.
+    finetune_steps = steps - spec["pretrain_steps"]
+    if finetune_steps < 1:
+        raise ValueError(
+            f"--pretrain_steps ({spec['pretrain_steps']}) must be below the budget ({steps})"
+        )
+    extra = []
+    if spec["positions"]:
+        extra.append(f"--set=positions={json.dumps(spec['positions'])}")
+    if spec["pretrain_steps"]:
+        extra += ["--pretrain=masked", f"--pretrain_steps={spec['pretrain_steps']}"]
     command = [
         sys.executable,
         "-m",
@@ -201,13 +232,14 @@ def train_one(task: str, attention: str, folder: str, args) -> dict:
         f"--preset={TASK_SETUP[task]['preset']}",
         f"--data_dir={folder}",
         f"--model_dir={model_dir}",
-        f"--num_train_steps={steps}",
+        f"--num_train_steps={finetune_steps}",
         f"--batch_size={setting(task, 'batch_size', args)}",
-        f"--eval_every={min(steps, setting(task, 'eval_every', args))}",
+        f"--eval_every={min(finetune_steps, setting(task, 'eval_every', args))}",
         f"--seed={args.seed}",
         "--noexport",
         "--verbose=0",
     ] + [f"--set={k}={json.dumps(v)}" for k, v in task_overrides(task, attention, args).items()]
+    command += extra
     if os.path.exists(model_dir):
         import shutil
 
@@ -222,6 +254,7 @@ def train_one(task: str, attention: str, folder: str, args) -> dict:
         return {
             "task": task,
             "attention": attention,
+            "recipe": recipe,
             "status": "timeout",
             "error": f"over {args.timeout} s",
             "wall_seconds": time.perf_counter() - start,
@@ -236,6 +269,7 @@ def train_one(task: str, attention: str, folder: str, args) -> dict:
         return {
             "task": task,
             "attention": attention,
+            "recipe": recipe,
             "status": "out of memory" if out_of_memory else "failed",
             "error": lines[-1] if lines else f"exit {done.returncode}",
             "steps": steps,
@@ -247,6 +281,7 @@ def train_one(task: str, attention: str, folder: str, args) -> dict:
     return {
         "task": task,
         "attention": attention,
+        "recipe": recipe,
         "status": "ok",
         "test_accuracy": best["test"]["accuracy"],
         "validation_accuracy": best["validation"]["accuracy"],
@@ -280,8 +315,12 @@ def describe(task: str, args) -> str:
 
 def table(results: list[dict], baselines: dict, args) -> str:
     tasks = [t for t in args.tasks.split(",") if t in baselines]
-    names = sorted({r["attention"] for r in results}, key=lambda n: (n != "full", n))
-    by = {(r["task"], r["attention"]): r for r in results}
+    rows = sorted(
+        {(r["attention"], r.get("recipe", "plain")) for r in results},
+        key=lambda row: (row[0] != "full", row[0], RECIPES.index(row[1])),
+    )
+    recipes = {recipe for _, recipe in rows}
+    by = {(r["task"], r["attention"], r.get("recipe", "plain")): r for r in results}
     paper = "listops" in tasks
     lines = [
         "# Mini-LRA accuracy",
@@ -299,10 +338,18 @@ def table(results: list[dict], baselines: dict, args) -> str:
         + " | ".join(f"{baselines[t]:.3f} | - | -" for t in tasks)
         + (" | - |" if paper else " |"),
     ]
-    for name in names:
+    if recipes != {"plain"}:
+        pretrain = getattr(args, "pretrain_steps", 0)
+        lines[4:4] = [
+            f"Recipes at equal total steps: `plain` (the preset's positions), `rotary` (rotary "
+            f"positions), `+pretrain` ({pretrain} of the steps masked self-pretraining on the "
+            "training inputs, the rest fine-tuning); best step counts fine-tuning steps.",
+            "",
+        ]
+    for name, recipe in rows:
         cells = []
         for t in tasks:
-            r = by.get((t, name), {})
+            r = by.get((t, name, recipe), {})
             if r.get("status") == "ok":
                 cells += [f"{r['test_accuracy']:.3f}", str(r["best_step"])]
                 cells += [f"{r['wall_seconds']:.0f}"]
@@ -311,12 +358,15 @@ def table(results: list[dict], baselines: dict, args) -> str:
         if paper:
             score = PAPER_LISTOPS.get(name)
             cells.append("-" if score is None else f"{score / 100:.3f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        label = name if recipe == "plain" else f"{name} ({recipe})"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     failures = [r for r in results if r.get("status") != "ok"]
     if failures:
         lines += ["", "## Failures", ""]
         for r in failures:
-            lines.append(f"- {r['task']} / {r['attention']}: {r['status']}: {r.get('error', '')}")
+            recipe = r.get("recipe", "plain")
+            label = r["attention"] if recipe == "plain" else f"{r['attention']} ({recipe})"
+            lines.append(f"- {r['task']} / {label}: {r['status']}: {r.get('error', '')}")
     return "\n".join(lines) + "\n"
 
 
@@ -377,6 +427,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup_steps", type=int, default=None)
     parser.add_argument("--eval_every", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--positions",
+        choices=("learned", "sinusoidal", "rotary"),
+        default=None,
+        help="positions of the plain recipe (default: the preset's)",
+    )
+    parser.add_argument(
+        "--pretrain_steps",
+        type=int,
+        default=0,
+        help="steps of masked self-pretraining in the +pretrain recipes (out of the budget)",
+    )
+    parser.add_argument(
+        "--recipes",
+        default="plain",
+        help=f"comma-separated recipes at equal total steps: {', '.join(RECIPES)}",
+    )
     parser.add_argument("--listops_examples", type=int, default=20000)
     parser.add_argument(
         "--listops_eval_examples", type=int, default=1000, help="per validation and test split"
@@ -394,6 +461,20 @@ def main(argv=None) -> dict:
         parser.error(f"--max_length must be >= 8, got {args.max_length}")
     if args.learning_rate is not None and args.learning_rate <= 0:
         parser.error(f"--learning_rate must be > 0, got {args.learning_rate}")
+    recipes = [r for r in args.recipes.split(",") if r]
+    if args.pretrain_steps < 0:
+        parser.error(f"--pretrain_steps must be >= 0, got {args.pretrain_steps}")
+    for recipe in recipes:
+        try:
+            spec = recipe_spec(recipe, args)
+        except ValueError as error:
+            parser.error(str(error))
+        for task in args.tasks.split(","):
+            if task in TASK_SETUP and spec["pretrain_steps"] >= task_steps(task, args):
+                parser.error(
+                    f"--pretrain_steps ({spec['pretrain_steps']}) must be below {task}'s "
+                    f"budget of {task_steps(task, args)} steps (the totals are equal)"
+                )
     from lra_keras.layers import ATTENTIONS
     from lra_keras.zoo import RECURRENT_ATTENTIONS
 
@@ -414,9 +495,10 @@ def main(argv=None) -> dict:
         folder = generate(task, data_dir, args)
         baselines[task] = majority_baseline(task, folder, args)
         for name in names:
-            result = train_one(task, name, folder, args)
-            results.append(result)
-            print(json.dumps(result), flush=True)
+            for recipe in recipes:
+                result = train_one(task, name, folder, args, recipe)
+                results.append(result)
+                print(json.dumps(result), flush=True)
             # Written after every run, so a long run's finished rows can be read while it goes.
             write_report(results, baselines, args, plot_too=False)
     return write_report(results, baselines, args, plot_too=True)

@@ -375,3 +375,49 @@ def test_layer_flops_of_full_equal_the_keras_mha_formula():
     assert variants_l4096.step_flops(full, 2, 64) == variants_l4096.step_flops(mha, 2, 64)
     local = get_attention("local", num_heads=heads, key_dim=key_dim, block_size=16)
     assert variants_l4096.step_flops(local, 2, 64) < variants_l4096.step_flops(full, 2, 64)
+
+
+def test_accuracy_recipes_share_one_budget(monkeypatch, tmp_path):
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 1, stdout="", stderr="boom\n")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    args = argparse.Namespace(
+        num_train_steps=30, seed=0, timeout=5, out_dir=str(tmp_path), pretrain_steps=10
+    )
+    for recipe in ("plain", "rotary", "rotary+pretrain"):
+        result = accuracy.train_one("listops", "full", str(tmp_path), args, recipe)
+        assert result["recipe"] == recipe and result["status"] == "failed"
+    plain, rotary, both = commands
+    assert "--num_train_steps=30" in plain and not any("pretrain" in c for c in plain)
+    assert '--set=positions="rotary"' in rotary and "--num_train_steps=30" in rotary
+    # Equal totals: 10 pretraining steps + 20 fine-tuning steps.
+    assert "--pretrain=masked" in both and "--pretrain_steps=10" in both
+    assert "--num_train_steps=20" in both and '--set=positions="rotary"' in both
+    assert len({c[c.index("--attention=full") + 3] for c in commands}) == 3  # own model_dirs
+    with pytest.raises(ValueError, match="pretrain_steps"):
+        accuracy.recipe_spec("pretrain", argparse.Namespace(pretrain_steps=0))
+    results = [
+        {
+            "task": "listops",
+            "attention": "full",
+            "recipe": r,
+            "status": "ok",
+            "test_accuracy": 0.3,
+            "best_step": 5,
+            "wall_seconds": 1.0,
+        }
+        for r in ("plain", "rotary", "rotary+pretrain")
+    ]
+    text = accuracy.table(
+        results,
+        {"listops": 0.2},
+        argparse.Namespace(
+            tasks="listops", seed=0, listops_examples=100, pathfinder_images=10, pretrain_steps=10
+        ),
+    )
+    assert "| full |" in text and "| full (rotary) |" in text
+    assert "| full (rotary+pretrain) |" in text and "equal total steps" in text
