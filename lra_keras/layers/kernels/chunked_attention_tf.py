@@ -1,178 +1,41 @@
-"""Exact softmax attention in O(L) memory: online softmax over query and key chunks.
+"""The TensorFlow kernel of chunked exact attention: O(L) memory in the forward and backward pass.
 
-Three entry points with one signature, all on heads-first tensors `q [B, H, T, d]`,
-`k [B, H, S, d]`, `v [B, H, S, dv]` and a boolean padding mask `key_mask [B, S]`:
-
-- `chunked_attention_reference`: pure `keras.ops`, Python-unrolled over the static chunk counts;
-  differentiated by the backend's autodiff (which keeps every tile for the backward pass). Used
-  by the tests and by the JAX and PyTorch backends.
-- `chunked_attention_tf`: a FlashAttention-style `tf.custom_gradient`. The forward keeps only
-  the output and the row log-sum-exp; the backward recomputes each tile's probabilities from the
-  saved log-sum-exp. Both run in `tf.while_loop(..., parallel_iterations=1)`: TensorFlow's
-  executor otherwise runs several chunks at once and gives back most of the memory saving
-  (DESIGN.md section 1).
-- `chunked_attention`: picks the TensorFlow kernel on the TensorFlow backend, else the reference.
-
-Any length works: T and S are padded internally to chunk multiples, the padded keys are masked
-and the output is sliced back. Chunk sizes larger than a length shrink to it. Logits, exponentials,
-normalisers and accumulators are float32; the output is cast back to the input dtype. A query
-with no allowed key at all (every key padded, or causally hidden) gets a zero output row (full
-attention's -1e9 bias would give it the uniform average of the values instead).
-
-Causality aligns the first query with the first key (key j is visible to query i iff j <= i), as
-`attention_utils.causal_mask` does; key chunks entirely above the diagonal are skipped.
-
-Reference: Rabe & Staats, "Self-attention Does Not Need O(n^2) Memory", 2021; Dao et al.,
-"FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness", NeurIPS 2022.
+A FlashAttention-style `tf.custom_gradient`: the forward keeps only the output and the row
+log-sum-exp; the backward recomputes each tile's probabilities from the saved log-sum-exp
+(dS = P * (dP - rowsum(dO * O))). Both run in `tf.while_loop(..., parallel_iterations=1)`:
+TensorFlow's executor otherwise runs several chunks at once and gives back most of the memory
+saving (DESIGN.md section 1). The loops run over dynamic chunk counts, so unknown lengths (a
+`tf.function` traced with `None` lengths) work; they compile under `jit_compile=True`.
+Arguments, result and conventions are those of `chunked_attention.chunked_attention_reference`.
 """
 
 from __future__ import annotations
 
-import math
+import tensorflow as tf
 
-import keras
-from keras import ops
+from lra_keras.layers.attention import attention_dropout
+from lra_keras.layers.kernels import chunked_attention as common
 
-from lra_keras.layers.attention import attention_utils
-
-NEG_INF = attention_utils.NEG_INF
+NEG_INF = common.NEG_INF
 
 
-def _check_inputs(q, k, v, key_mask, query_chunk_size, key_chunk_size):
-    for arg, x in (("q", q), ("k", k), ("v", v)):
-        if len(x.shape) != 4:
-            raise ValueError(
-                f"chunked_attention: `{arg}` must have shape [batch, heads, length, dim], "
-                f"got shape {tuple(x.shape)}."
-            )
-    if len(key_mask.shape) != 2:
-        raise ValueError(
-            "chunked_attention: `key_mask` must be a [batch, key_length] boolean mask, "
-            f"got shape {tuple(key_mask.shape)}."
-        )
-    for arg, size in (("query_chunk_size", query_chunk_size), ("key_chunk_size", key_chunk_size)):
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise ValueError(
-                f"chunked_attention: `{arg}` must be a positive integer, got {size!r}."
-            )
-    t, s = q.shape[2], k.shape[2]
-    if t is None or s is None:
-        raise ValueError(
-            "chunked_attention: the query and key lengths must be known when tracing (the chunk "
-            f"counts are static), got query length {t} and key length {s}."
-        )
-    if v.shape[2] != s:
-        raise ValueError(
-            f"chunked_attention: `k` and `v` must have the same length, got {s} and {v.shape[2]}."
-        )
-
-
-def _prepare(q, k, v, key_mask, query_chunk_size, key_chunk_size, scale):
-    """Casts to float32, scales q, pads both lengths to chunk multiples; masks padded keys."""
-    _check_inputs(q, k, v, key_mask, query_chunk_size, key_chunk_size)
-    t, s = q.shape[2], k.shape[2]
-    cq = max(1, min(query_chunk_size, t))
-    ck = max(1, min(key_chunk_size, s))
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    q = attention_utils.to_float32(q) * scale
-    k = attention_utils.to_float32(k)
-    v = attention_utils.to_float32(v)
-    q = attention_utils.pad_axis_to_multiple(q, 2, cq)
-    k = attention_utils.pad_axis_to_multiple(k, 2, ck)
-    v = attention_utils.pad_axis_to_multiple(v, 2, ck)
-    # Padded as float (0 = padded) so no backend has to pad a boolean tensor.
-    valid = ops.cast(ops.cast(key_mask, "bool"), "float32")
-    valid = attention_utils.pad_axis_to_multiple(valid, 1, ck) > 0.5
-    return q, k, v, valid, cq, ck
-
-
-def _finish(out, t, dtype):
-    return ops.cast(out[:, :, :t], dtype)
-
-
-def _num_key_chunks(i: int, cq: int, ck: int, nk: int, causal: bool) -> int:
-    """Key chunks query chunk `i` sees: all, or (causal) those not entirely above the diagonal."""
-    if not causal:
-        return nk
-    return min(nk, ((i + 1) * cq - 1) // ck + 1)
-
-
-def chunked_attention_reference(
-    q,
-    k,
-    v,
-    key_mask,
-    causal: bool = False,
-    query_chunk_size: int = 1024,
-    key_chunk_size: int = 1024,
-    scale: float | None = None,
-):
-    """Chunked exact attention in `keras.ops` (streaming max, normaliser and accumulator).
-
-    Args:
-        q: `[B, H, T, d]` queries.
-        k: `[B, H, S, d]` keys.
-        v: `[B, H, S, dv]` values.
-        key_mask: boolean `[B, S]`, True = real key.
-        causal: bool. Key j is visible to query i iff j <= i.
-        query_chunk_size: int. Queries per chunk.
-        key_chunk_size: int. Keys per chunk.
-        scale: logit scale; `1/sqrt(d)` by default.
-
-    Returns:
-        `[B, H, T, dv]` in q's dtype; zero rows where a query has no allowed key.
-    """
-    t, dtype = q.shape[2], q.dtype
-    q, k, v, valid, cq, ck = _prepare(q, k, v, key_mask, query_chunk_size, key_chunk_size, scale)
-    nq, nk = q.shape[2] // cq, k.shape[2] // ck
-    outputs = []
-    for i in range(nq):
-        qi = q[:, :, i * cq : (i + 1) * cq]
-        m = denom = acc = None
-        for j in range(_num_key_chunks(i, cq, ck, nk, causal)):
-            kj = k[:, :, j * ck : (j + 1) * ck]
-            vj = v[:, :, j * ck : (j + 1) * ck]
-            allowed = valid[:, None, None, j * ck : (j + 1) * ck]
-            if causal and (j + 1) * ck - 1 > i * cq:
-                tile_causal = attention_utils.causal_mask(cq, ck, i * cq, j * ck)
-                allowed = ops.logical_and(allowed, tile_causal[None, None])
-            s = ops.einsum("bhqd,bhkd->bhqk", qi, kj)
-            # Masked before the exponential: a where() after it would send NaN gradients
-            # through exp(+large) of the discarded branch.
-            s = ops.where(allowed, s, NEG_INF)
-            tile_max = ops.stop_gradient(ops.max(s, axis=-1, keepdims=True))
-            m_new = tile_max if m is None else ops.maximum(m, tile_max)
-            p = ops.exp(s - m_new) * ops.cast(allowed, "float32")
-            pv = ops.einsum("bhqk,bhkd->bhqd", p, vj)
-            if m is None:
-                denom, acc = ops.sum(p, axis=-1, keepdims=True), pv
-            else:
-                alpha = ops.exp(m - m_new)
-                denom = alpha * denom + ops.sum(p, axis=-1, keepdims=True)
-                acc = alpha * acc + pv
-            m = m_new
-        outputs.append(acc / ops.where(denom > 0, denom, ops.ones_like(denom)))
-    out = outputs[0] if nq == 1 else ops.concatenate(outputs, axis=2)
-    return _finish(out, t, dtype)
-
-
-# ----------------------------------------------------------------------------- TensorFlow kernel
-
-
-def _tf_chunks(tf, x, n: int, c: int):
+def _chunks(x, c: int):
     """[B, H, n*c, ...] -> [n, B, H, c, ...] so a loop index can `tf.gather` a whole chunk."""
     rest = list(x.shape[3:])
-    x = tf.reshape(x, [-1, x.shape[1], n, c] + rest)
+    shape = tf.shape(x)
+    x = tf.reshape(x, tf.concat([shape[:2], [-1, c], shape[3:]], axis=0))
     return tf.transpose(x, [2, 0, 1, 3] + list(range(4, 4 + len(rest))))
 
 
-def _tf_unchunks(tf, x):
+def _unchunks(x):
     """[n, B, H, c, d] -> [B, H, n*c, d]."""
-    n, _, h, c, d = x.shape
-    return tf.reshape(tf.transpose(x, [1, 2, 0, 3, 4]), [-1, h, n * c, d])
+    shape = tf.shape(x)
+    return tf.reshape(
+        tf.transpose(x, [1, 2, 0, 3, 4]), tf.stack([shape[1], shape[2], -1, shape[4]])
+    )
 
 
-def _tf_allowed(tf, valid_chunks, i, j, cq: int, ck: int, causal: bool):
+def _allowed(valid_chunks, i, j, cq: int, ck: int, causal: bool):
     """Boolean `[B, 1, cq or 1, ck]` mask of tile (i, j): real keys, and j <= i if causal."""
     allowed = tf.gather(valid_chunks, j)[:, None, None, :]
     if causal:
@@ -182,15 +45,15 @@ def _tf_allowed(tf, valid_chunks, i, j, cq: int, ck: int, causal: bool):
     return allowed
 
 
-def _tf_forward(tf, q, k, v, valid, causal, cq, ck):
+def _num_chunks(x, c: int):
+    return tf.shape(x)[2] // c
+
+
+def _forward(q, k, v, valid, seed, causal, cq, ck, rate):
     """Output `[B, H, Tp, dv]` and row log-sum-exp `[B, H, Tp]`, one tile alive at a time."""
-    nq, nk = q.shape[2] // cq, k.shape[2] // ck
-    q_chunks, k_chunks, v_chunks = (
-        _tf_chunks(tf, q, nq, cq),
-        _tf_chunks(tf, k, nk, ck),
-        _tf_chunks(tf, v, nk, ck),
-    )
-    valid_chunks = tf.transpose(tf.reshape(valid, [-1, nk, ck]), [1, 0, 2])
+    nq, nk = _num_chunks(q, cq), _num_chunks(k, ck)
+    q_chunks, k_chunks, v_chunks = _chunks(q, cq), _chunks(k, ck), _chunks(v, ck)
+    valid_chunks = tf.transpose(tf.reshape(valid, [tf.shape(valid)[0], -1, ck]), [1, 0, 2])
     dv = v.shape[-1]
 
     def query_step(i, out_ta, lse_ta):
@@ -198,14 +61,15 @@ def _tf_forward(tf, q, k, v, valid, causal, cq, ck):
         n_keys = tf.minimum(nk, ((i + 1) * cq - 1) // ck + 1) if causal else nk
 
         def key_step(j, m, denom, acc):
-            allowed = _tf_allowed(tf, valid_chunks, i, j, cq, ck, causal)
+            allowed = _allowed(valid_chunks, i, j, cq, ck, causal)
             s = tf.matmul(qi, tf.gather(k_chunks, j), transpose_b=True)
             s = tf.where(allowed, s, NEG_INF)
             m_new = tf.maximum(m, tf.reduce_max(s, axis=-1, keepdims=True))
             p = tf.where(allowed, tf.exp(s - m_new), 0.0)
             alpha = tf.exp(m - m_new)
             denom = alpha * denom + tf.reduce_sum(p, axis=-1, keepdims=True)
-            acc = alpha * acc + tf.matmul(p, tf.gather(v_chunks, j))
+            dropped = attention_dropout.apply_attention_dropout(p, seed, rate, i * cq, j * ck)
+            acc = alpha * acc + tf.matmul(dropped, tf.gather(v_chunks, j))
             return j + 1, m_new, denom, acc
 
         zeros = tf.zeros_like(qi[..., :1])
@@ -226,26 +90,27 @@ def _tf_forward(tf, q, k, v, valid, causal, cq, ck):
     _, out_ta, lse_ta = tf.while_loop(
         lambda i, *_: i < nq, query_step, (tf.constant(0), out_ta, lse_ta), parallel_iterations=1
     )
-    out = _tf_unchunks(tf, out_ta.stack())
-    lse = _tf_unchunks(tf, lse_ta.stack()[..., None])[..., 0]
+    out = _unchunks(out_ta.stack())
+    lse = _unchunks(lse_ta.stack()[..., None])[..., 0]
     return out, lse
 
 
-def _tf_backward(tf, q, k, v, valid, out, lse, d_out, causal, cq, ck):
-    """dq, dk, dv; each tile's probabilities are recomputed as exp(s - lse).
+def _backward(q, k, v, valid, seed, out, lse, d_out, causal, cq, ck, rate):
+    """dq, dk, dv; each tile's probabilities (and dropout mask) are recomputed.
 
     The outer loop runs over key chunks (dk and dv of a chunk accumulate locally), the inner
     loop over the query chunks that see it, adding into dq in place.
     """
-    nq, nk = q.shape[2] // cq, k.shape[2] // ck
-    # D_i = sum_d dO * O = sum_j P_ij dP_ij, the softmax Jacobian's correction term.
+    nq, nk = _num_chunks(q, cq), _num_chunks(k, ck)
+    # D_i = sum_d dO * O = sum_j P_ij dP_ij, the softmax Jacobian's correction term (it holds
+    # with dropout too: sum_j P_ij M_ij dO_i.v_j / (1 - r) = dO_i . O_i).
     delta = tf.reduce_sum(d_out * out, axis=-1)
-    q_chunks = _tf_chunks(tf, q, nq, cq)
-    do_chunks = _tf_chunks(tf, d_out, nq, cq)
-    lse_chunks = _tf_chunks(tf, lse[..., None], nq, cq)
-    delta_chunks = _tf_chunks(tf, delta[..., None], nq, cq)
-    k_chunks, v_chunks = _tf_chunks(tf, k, nk, ck), _tf_chunks(tf, v, nk, ck)
-    valid_chunks = tf.transpose(tf.reshape(valid, [-1, nk, ck]), [1, 0, 2])
+    q_chunks = _chunks(q, cq)
+    do_chunks = _chunks(d_out, cq)
+    lse_chunks = _chunks(lse[..., None], cq)
+    delta_chunks = _chunks(delta[..., None], cq)
+    k_chunks, v_chunks = _chunks(k, ck), _chunks(v, ck)
+    valid_chunks = tf.transpose(tf.reshape(valid, [tf.shape(valid)[0], -1, ck]), [1, 0, 2])
 
     def key_step(j, dq, dk_ta, dv_ta):
         kj, vj = tf.gather(k_chunks, j), tf.gather(v_chunks, j)
@@ -253,11 +118,14 @@ def _tf_backward(tf, q, k, v, valid, out, lse, d_out, causal, cq, ck):
 
         def query_step(i, dq, dkj, dvj):
             qi, doi = tf.gather(q_chunks, i), tf.gather(do_chunks, i)
-            allowed = _tf_allowed(tf, valid_chunks, i, j, cq, ck, causal)
+            allowed = _allowed(valid_chunks, i, j, cq, ck, causal)
             s = tf.matmul(qi, kj, transpose_b=True)
             p = tf.where(allowed, tf.exp(s - tf.gather(lse_chunks, i)), 0.0)
-            dvj += tf.matmul(p, doi, transpose_a=True)
+            dropped = attention_dropout.apply_attention_dropout(p, seed, rate, i * cq, j * ck)
+            dvj += tf.matmul(dropped, doi, transpose_a=True)
             dp = tf.matmul(doi, vj, transpose_b=True)
+            # d/dP of the dropped mixing: the same mask and scale as the forward.
+            dp = attention_dropout.apply_attention_dropout(dp, seed, rate, i * cq, j * ck)
             ds = p * (dp - tf.gather(delta_chunks, i))
             dkj += tf.matmul(ds, qi, transpose_a=True)
             dq = tf.tensor_scatter_nd_add(dq, tf.reshape(i, [1, 1]), tf.matmul(ds, kj)[None])
@@ -280,19 +148,18 @@ def _tf_backward(tf, q, k, v, valid, out, lse, d_out, causal, cq, ck):
         (tf.constant(0), tf.zeros_like(q_chunks), dk_ta, dv_ta),
         parallel_iterations=1,
     )
-    return _tf_unchunks(tf, dq), _tf_unchunks(tf, dk_ta.stack()), _tf_unchunks(tf, dv_ta.stack())
+    return _unchunks(dq), _unchunks(dk_ta.stack()), _unchunks(dv_ta.stack())
 
 
-def _tf_attention_core(q, k, v, valid, causal: bool, cq: int, ck: int):
+def _attention_core(q, k, v, valid, seed, causal: bool, cq: int, ck: int, rate: float):
     """Padded, scaled float32 inputs -> padded float32 output, with the recomputing gradient."""
-    import tensorflow as tf  # Lazy, so `lra_keras.layers` imports on every Keras backend.
 
     @tf.custom_gradient
     def attend(q, k, v):
-        out, lse = _tf_forward(tf, q, k, v, valid, causal, cq, ck)
+        out, lse = _forward(q, k, v, valid, seed, causal, cq, ck, rate)
 
         def grad(d_out):
-            return _tf_backward(tf, q, k, v, valid, out, lse, d_out, causal, cq, ck)
+            return _backward(q, k, v, valid, seed, out, lse, d_out, causal, cq, ck, rate)
 
         return out, grad
 
@@ -308,48 +175,22 @@ def chunked_attention_tf(
     query_chunk_size: int = 1024,
     key_chunk_size: int = 1024,
     scale: float | None = None,
+    dropout_rate: float = 0.0,
+    dropout_seed=None,
 ):
     """Chunked exact attention for TensorFlow, O(L) memory in the forward and backward pass.
 
-    Same arguments and result as `chunked_attention_reference`. The forward pass keeps only the
-    output and the row log-sum-exp; the backward pass recomputes each tile's probabilities
-    (dS = P * (dP - rowsum(dO * O))). Sequential `tf.while_loop`s keep one tile alive at a
-    time; they compile under `tf.function(jit_compile=True)`.
+    Same arguments and result as `chunked_attention_reference`; the lengths may be unknown.
     """
-    import tensorflow as tf
-
-    t, dtype = q.shape[2], q.dtype
-    q, k, v, valid, cq, ck = _prepare(q, k, v, key_mask, query_chunk_size, key_chunk_size, scale)
-    valid = tf.convert_to_tensor(valid)
-    out = _tf_attention_core(q, k, v, valid, bool(causal), cq, ck)
-    return _finish(out, t, dtype)
-
-
-def chunked_attention(
-    q,
-    k,
-    v,
-    key_mask,
-    causal: bool = False,
-    query_chunk_size: int = 1024,
-    key_chunk_size: int = 1024,
-    scale: float | None = None,
-):
-    """Chunked exact attention on the current Keras backend (see the module docstring).
-
-    The TensorFlow backend gets `chunked_attention_tf`; the others `chunked_attention_reference`.
-    """
-    if keras.backend.backend() == "tensorflow":
-        fn = chunked_attention_tf
-    else:
-        fn = chunked_attention_reference
-    return fn(
-        q,
-        k,
-        v,
-        key_mask,
-        causal=causal,
-        query_chunk_size=query_chunk_size,
-        key_chunk_size=key_chunk_size,
-        scale=scale,
+    common.check_inputs(
+        q, k, v, key_mask, query_chunk_size, key_chunk_size, dropout_rate, dropout_seed
     )
+    dtype = q.dtype
+    q0 = q
+    q, k, v, valid, cq, ck = common.prepare(
+        q, k, v, key_mask, query_chunk_size, key_chunk_size, scale
+    )
+    valid = tf.convert_to_tensor(valid)
+    seed = None if not dropout_rate else tf.convert_to_tensor(dropout_seed)
+    out = _attention_core(q, k, v, valid, seed, bool(causal), cq, ck, float(dropout_rate))
+    return common.finish(out, q0, dtype)
