@@ -24,7 +24,7 @@ def to_numpy(x) -> np.ndarray:
 
 
 def loss_and_grads(fn, inputs, variables=()):
-    """`fn(*inputs) -> (loss, output)`; returns numpy (output, [d loss/d input..., d/d var...]).
+    """`fn(*inputs) -> (loss, aux)`; returns numpy (aux, [d loss/d input..., d/d var...]).
 
     `inputs` are numpy arrays (differentiated), `variables` Keras variables read by `fn`.
     """
@@ -53,7 +53,8 @@ def loss_and_grads(fn, inputs, variables=()):
         (_, out), (g_vars, g_inputs) = jax.value_and_grad(wrapped, argnums=(0, 1), has_aux=True)(
             values, tensors
         )
-        return to_numpy(out), [to_numpy(g) for g in list(g_inputs) + list(g_vars)]
+        grads = [to_numpy(g) for g in list(g_inputs) + list(g_vars)]
+        return keras.tree.map_structure(to_numpy, out), grads
     pytest.skip(f"no gradient helper for the {BACKEND} backend")
 
 
