@@ -382,6 +382,35 @@ def test_fused_path_matches_exact_paths(causal, lengths, rolled):
         np.testing.assert_allclose(a, b, atol=ATOL)
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="the fused path exists on JAX only")
+@pytest.mark.parametrize("name", ["full", "chunked"])
+def test_layers_fused_path_matches_their_exact_path(name, monkeypatch):
+    # The layers' fused branch, forced on a CPU with JAX's unfused reference of the cuDNN call.
+    from lra_keras.layers.kernels import chunked_attention_jax
+
+    layer = get_attention(name, num_heads=HEADS, key_dim=KEY_DIM, seed=2)
+    x = np.random.default_rng(9).normal(size=(2, 10, DIM)).astype("float32")
+    mask = lengths_mask([10, 6], 10)
+    weights = np.random.default_rng(1).normal(size=x.shape).astype("float32")
+
+    def loss(x):
+        y = layer(x, x, query_mask=mask, value_mask=mask, use_causal_mask=True)
+        return ops.sum(y * weights), y
+
+    exact = loss_and_grads(loss, [x], layer.trainable_variables)
+    monkeypatch.setattr(kernels, "fused_attention_supported", lambda *a, **k: True)
+    monkeypatch.setattr(chunked_attention_jax, "FUSED_IMPLEMENTATION", "xla")
+    calls, original = [], kernels.fused_attention
+    monkeypatch.setattr(
+        kernels, "fused_attention", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    fused = loss_and_grads(loss, [x], layer.trainable_variables)
+    assert calls, "the fused path was not taken"
+    np.testing.assert_allclose(fused[0], exact[0], atol=ATOL)
+    for a, b in zip(fused[1], exact[1], strict=True):
+        np.testing.assert_allclose(a, b, atol=ATOL)
+
+
 def test_fused_path_is_not_taken_on_cpu():
     q = np.zeros((1, 8, 2, 8), "float16")
     assert not kernels.fused_attention_supported(q, q, q, causal=False, dropout_active=False)

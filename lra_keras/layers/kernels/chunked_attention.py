@@ -269,5 +269,5 @@ def fused_attention(q, k, v, key_mask, causal: bool, scale: float, fallback, imp
     from lra_keras.layers.kernels import chunked_attention_jax
 
     return chunked_attention_jax.fused_attention_jax(
-        q, k, v, key_mask, causal, scale, fallback, implementation=implementation or "cudnn"
+        q, k, v, key_mask, causal, scale, fallback, implementation=implementation
     )

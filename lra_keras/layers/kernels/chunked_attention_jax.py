@@ -31,6 +31,9 @@ from lra_keras.layers.attention import attention_dropout
 from lra_keras.layers.kernels import chunked_attention as common
 
 NEG_INF = common.NEG_INF
+# `jax.nn.dot_product_attention`'s implementation for the fused path; the tests set "xla" to
+# run the layers' fused path on a CPU.
+FUSED_IMPLEMENTATION = "cudnn"
 
 
 def _chunks(x, c: int):
@@ -220,7 +223,7 @@ def fused_attention_jax(
             scale=scale,
             is_causal=causal,
             key_value_seq_lengths=lengths,
-            implementation=implementation,
+            implementation=implementation or FUSED_IMPLEMENTATION,
         )
         return out.astype(fallback_dtype)
 
