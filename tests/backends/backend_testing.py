@@ -50,9 +50,9 @@ def loss_and_grads(fn, inputs, variables=()):
 
         values = [v.value for v in variables]
         tensors = [jax.numpy.asarray(x) for x in inputs]
-        (_, out), (g_vars, g_inputs) = jax.value_and_grad(wrapped, argnums=(0, 1), has_aux=True)(
-            values, tensors
-        )
+        # Compiled: eager JAX would compile every small op of a Python-unrolled loop apart.
+        step = jax.jit(jax.value_and_grad(wrapped, argnums=(0, 1), has_aux=True))
+        (_, out), (g_vars, g_inputs) = step(values, tensors)
         grads = [to_numpy(g) for g in list(g_inputs) + list(g_vars)]
         return keras.tree.map_structure(to_numpy, out), grads
     pytest.skip(f"no gradient helper for the {BACKEND} backend")

@@ -19,9 +19,14 @@ from tests.backends.agreement import run_variant
 from tests.backends.backend_testing import BACKEND
 
 pytest.importorskip("jax")
-pytestmark = pytest.mark.skipif(
-    BACKEND != "tensorflow", reason="runs TensorFlow here and JAX in a subprocess"
-)
+# Slow: every variant compiled on both backends (11.6 min on a shared, loaded 2-core machine);
+# the JAX contract suite of `make test` guards the same code faster.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        BACKEND != "tensorflow", reason="runs TensorFlow here and JAX in a subprocess"
+    ),
+]
 
 NAMES = sorted(ATTENTIONS)
 # Variants whose JAX run fails because of a bug inside the variant, not the backend; each

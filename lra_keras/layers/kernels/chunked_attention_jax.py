@@ -148,6 +148,9 @@ def _flash_bwd(causal, cq, ck, rate, residuals, d_out):
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
+# Compiled once per shape for eager calls (an eager `lax.scan` would be traced and compiled
+# again on every call); inside an outer `jit` it is inlined.
+_flash_jit = jax.jit(_flash, static_argnums=(5, 6, 7, 8))
 
 
 def chunked_attention_jax(
@@ -175,7 +178,7 @@ def chunked_attention_jax(
         q, k, v, key_mask, query_chunk_size, key_chunk_size, scale
     )
     seed = jnp.asarray(0 if not dropout_rate else dropout_seed, "int32")
-    out = _flash(q, k, v, valid, seed, bool(causal), cq, ck, float(dropout_rate))
+    out = _flash_jit(q, k, v, valid, seed, bool(causal), cq, ck, float(dropout_rate))
     return common.finish(out, q0, dtype)
 
 
