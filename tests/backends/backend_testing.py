@@ -37,9 +37,8 @@ def loss_and_grads(fn, inputs, variables=()):
             tape.watch(tensors)
             loss, out = fn(*tensors)
         grads = tape.gradient(loss, tensors + variables)
-        return to_numpy(out), [
-            None if g is None else to_numpy(tf.convert_to_tensor(g)) for g in grads
-        ]
+        grads = [None if g is None else to_numpy(tf.convert_to_tensor(g)) for g in grads]
+        return keras.tree.map_structure(to_numpy, out), grads
     if BACKEND == "jax":
         import jax
 

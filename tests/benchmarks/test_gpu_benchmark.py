@@ -13,6 +13,8 @@ pytest.importorskip("jax")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+# Slow: ten text models and four layers compiled (8 min on a shared, loaded 2-core machine).
+@pytest.mark.slow
 def test_smoke_run_writes_every_part(tmp_path):
     output = tmp_path / "gpu.json"
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
