@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import time
 
 import keras
 import numpy as np
@@ -157,9 +156,7 @@ def test_tiny_forward_backward(task, name):
     if any(config["attention_kwargs"].get(a) is not None for a in ("image_shape", "axis_shape")):
         # A grid variant fills the h * w grid: no CLS token, mean pooling.
         assert config["pooling"] == "mean" and not model.get_layer("encoder").use_cls_token
-    start = time.perf_counter()
     logits, loss, grads = train_step(model, tokens_for(config), config["num_classes"])
-    elapsed = time.perf_counter() - start
     assert logits.shape == (2, config["num_classes"])
     assert logits.dtype == "float32"
     assert np.isfinite(float(loss))
@@ -168,7 +165,6 @@ def test_tiny_forward_backward(task, name):
     for path, grad in grads.items():
         if grad is not None:
             assert np.all(np.isfinite(keras.ops.convert_to_numpy(grad))), path
-    assert elapsed < 5.0  # a loose guard against a pathological tiny step
 
 
 def test_sweep_covers_every_attention():
@@ -232,13 +228,10 @@ def test_tiny_model_learns_token_presence():
         metrics=["accuracy"],
     )
     x, y = data(4096)
-    start = time.perf_counter()
     model.fit(x, y, batch_size=32, epochs=2, verbose=0)
-    elapsed = time.perf_counter() - start
     x_test, y_test = data(512)
     accuracy = np.mean(np.argmax(model.predict(x_test, verbose=0), -1) == y_test)
     assert accuracy > 0.9, accuracy
-    assert elapsed < 30.0, elapsed
 
 
 # ---------------------------------------------------------------------------- padding
