@@ -245,8 +245,10 @@ def layer_step(name: str, length: int, batch: int, dtype: str, flash: bool | Non
     return step, ([v.value for v in layer.trainable_variables], x)
 
 
-def layer_row(name: str, length: int, dtype: str, repeats: int, flash: bool | None) -> dict:
-    batch = max(1, TOKENS_PER_LAYER_STEP // length)
+def layer_row(
+    name: str, length: int, dtype: str, repeats: int, flash: bool | None, tokens: int
+) -> dict:
+    batch = max(1, tokens // length)
     row = {"part": "layer", "attention": name, "length": length, "batch": batch, "dtype": dtype}
     try:
         step, args = layer_step(name, length, batch, dtype, flash)
@@ -369,7 +371,8 @@ def main(argv=None) -> dict:
                      "skipped": "time budget"})  # fmt: skip
             continue
         if part == "layer":
-            rec.add(layer_row(name, length, dtype, repeats, flash))
+            tokens = 2 * length if args.smoke else TOKENS_PER_LAYER_STEP
+            rec.add(layer_row(name, length, dtype, repeats, flash, tokens))
         else:
             rec.add(table2_row(name, length, batch, preset, repeats))
         jax.clear_caches()
