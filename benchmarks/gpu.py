@@ -356,7 +356,8 @@ def main(argv=None) -> dict:
             names = first + [n for n in variants if n not in first]
             for name in names if length == layer_lengths[0] else first:
                 jobs.append(("layer", name, length, dtype))
-    for length in (table_lengths[-1], table_lengths[0]) + tuple(table_lengths[1:-1]):
+    ordered = dict.fromkeys((table_lengths[-1], table_lengths[0]) + tuple(table_lengths[1:-1]))
+    for length in ordered:
         for name in TABLE2_MODELS:
             jobs.append(("table2", name, length, None))
     for length in layer_lengths[1:]:
