@@ -3,15 +3,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The backend-neutral suites that also run on Keras's JAX backend (JAX's CPU wheel).
+JAX_TESTS ?= tests/layers/test_attention_contract.py tests/layers/test_chunked_attention.py tests/zoo
 
-.PHONY: install lint format test test-all demo bench clean
+.PHONY: install lint format test test-jax test-all demo bench clean
 
 install: $(STAMP)
 
 # The stamp makes a second `make install` a no-op until the dependency files change.
 $(STAMP): setup.cfg pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[test,jax]'
 	touch $@
 
 lint: install
@@ -24,6 +26,12 @@ format: install
 
 test: install lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-jax
+
+# The layer contract, chunked and zoo suites again under KERAS_BACKEND=jax (TensorFlow-only
+# tests skip themselves there, with the reason).
+test-jax: install
+	KERAS_BACKEND=jax $(PY) -m pytest -m "not slow" $(JAX_TESTS) $(PYTEST_ARGS)
 
 test-all: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -5,12 +5,17 @@ import os
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from lra_keras.layers import ATTENTIONS, TransformerEncoderBlock, get_attention
 from lra_keras.zoo.config import get_config
+from tests.backends.backend_testing import compiled, loss_and_grads, to_numpy
 from tests.layers.attention_cases import CASES, case
 from tests.layers.reference import dense_attention, lengths_mask, padding_allowed
+
+try:  # tf.data feeds Keras on every backend; tf.function and tf.distribute need TensorFlow.
+    import tensorflow as tf
+except ImportError:
+    tf = None
 
 NAMES = sorted(ATTENTIONS)
 # Tests that drive the layers through TensorFlow itself (tf.function with unknown shapes,
@@ -180,8 +185,8 @@ def test_jit_compile_equals_eager(name):
     layer = make_layer(name)
     x, mask = inputs(name)
     y = call(layer, x, mask)
-    compiled = tf.function(lambda a, m: layer(a, a, query_mask=m, value_mask=m), jit_compile=True)
-    np.testing.assert_allclose(compiled(x, mask).numpy(), y, atol=1e-4, rtol=1e-4)
+    step = compiled(lambda a, m: layer(a, a, query_mask=m, value_mask=m))
+    np.testing.assert_allclose(to_numpy(step(x, mask)), y, atol=1e-4, rtol=1e-4)
 
 
 # Relative error (max |y - y32| / max |y32|) against float32 with the same (seeded) weights.
@@ -195,13 +200,6 @@ MIXED_PRECISION_LOOSER = {}
 def relative_error(y, reference):
     y, reference = np.asarray(y, np.float64), np.asarray(reference, np.float64)
     return float(np.abs(y - reference).max() / np.abs(reference).max())
-
-
-def owned_elsewhere(name, *cases):
-    """`name` as a parameter, marked xfail for the listed cases that another engineer's
-    rewrite of that variant fixes (strict=False: passing is welcome)."""
-    reason = f"{name}: being rewritten (routing/axial/sinkhorn/chunked backend work)"
-    return pytest.param(*cases, marks=pytest.mark.xfail(reason=reason, strict=False))
 
 
 @pytest.mark.parametrize(
@@ -229,16 +227,16 @@ def test_mixed_precision_close_to_float32(name, policy):
 def test_gradients_are_finite_and_ignore_padding(name):
     layer = make_layer(name)
     x, mask = inputs(name)
-    x = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
+
+    def loss(x):
         y = layer(x, x, query_mask=mask, value_mask=mask, training=True)
-        loss = tf.reduce_sum(y**2)
-    grads = tape.gradient(loss, [x] + layer.trainable_variables)
+        return keras.ops.sum(y**2), y
+
+    _, grads = loss_and_grads(loss, [x], layer.trainable_variables)
     for g in grads:
         if g is not None:
-            assert np.all(np.isfinite(tf.convert_to_tensor(g).numpy()))
-    np.testing.assert_allclose(grads[0].numpy()[~mask], 0.0, atol=1e-6)
+            assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(grads[0][~mask], 0.0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -262,7 +260,7 @@ def assert_no_two_weights_equal(weights):
     """No two non-constant weights agree (on their common flattened prefix, which is where
     two draws from one seed coincide): equal only where a layer ties them on purpose, and a
     tied weight is one variable here."""
-    drawn = [(w.path, np.asarray(w.numpy(), np.float64).ravel()) for w in weights]
+    drawn = [(w.path, np.asarray(to_numpy(w), np.float64).ravel()) for w in weights]
     drawn = [(p, v) for p, v in drawn if v.size > 1 and np.ptp(v) > 0]
     for i, (path_i, a) in enumerate(drawn):
         for path_j, b in drawn[i + 1 :]:
@@ -349,15 +347,11 @@ def test_keras_implicit_mask_full_equals_multi_head_attention():
     np.testing.assert_allclose(y_full[mask], y_mha[mask], atol=1e-5)
 
 
-# Variants being rewritten by other work that still read a static length.
-DYNAMIC_LENGTH_ELSEWHERE = {"chunked"}
-
-
 @tensorflow_only
 @pytest.mark.parametrize(
     "name,causal",
     [
-        owned_elsewhere(name, name, causal) if name in DYNAMIC_LENGTH_ELSEWHERE else (name, causal)
+        (name, causal)
         for name in NAMES
         for causal in ((False, True) if ATTENTIONS[name].supports_causal else (False,))
     ],
@@ -383,6 +377,7 @@ def test_unknown_length(name, causal):
     np.testing.assert_allclose(unknown(x, mask).numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.skipif(tf is None, reason="tf.data is not installed")
 @pytest.mark.parametrize("name,causal", [("full", True), ("local", False)])
 def test_fit_on_padded_batches_of_varying_length(name, causal):
     # Keras's everyday text pipeline: padded_batch gives each batch its own length.
@@ -404,8 +399,7 @@ def test_fit_on_padded_batches_of_varying_length(name, causal):
 
 @pytest.mark.parametrize(
     "name",
-    # chunked's dropout (regenerated per tile in the backward pass) is the backend work's.
-    [owned_elsewhere(name, name) if name == "chunked" else name for name in NAMES],
+    NAMES,
 )
 def test_attention_dropout_applies_or_is_refused(name):
     cls = ATTENTIONS[name]

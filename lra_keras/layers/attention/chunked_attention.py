@@ -6,7 +6,7 @@ import math
 
 import keras
 
-from lra_keras.layers.attention import attention_utils
+from lra_keras.layers.attention import attention_dropout, attention_utils
 from lra_keras.layers.attention.base_attention import BaseAttention
 from lra_keras.layers.attention.registry import register_attention
 from lra_keras.layers.kernels import chunked_attention as kernel
@@ -23,13 +23,18 @@ class ChunkedAttention(BaseAttention):
     `query_chunk_size x key_chunk_size` tile per head. On the TensorFlow backend the backward
     pass is FlashAttention-style (`tf.custom_gradient`): the forward keeps only the output and
     the row log-sum-exp, and the backward recomputes each tile's probabilities, in sequential
-    `tf.while_loop`s (see `lra_keras.layers.kernels.chunked_attention`). Other backends run a
-    `keras.ops` version unrolled over the chunks, differentiated by their autodiff.
+    `tf.while_loop`s (`lra_keras.layers.kernels.chunked_attention_tf`). On JAX the same
+    algorithm is a `jax.custom_vjp` over `lax.scan`s of tiles (`chunked_attention_jax`); other
+    backends run a `keras.ops` version unrolled over the chunks, differentiated by their
+    autodiff. Where the backend has a fused exact kernel for the call (cuDNN flash attention on
+    JAX on a GPU, float16/bfloat16, prefix padding), it is used instead, with the same result.
 
-    There is no probability tensor, so attention dropout (`dropout`) is accepted, for drop-in
-    use, but **not applied**. The query and key lengths must be known when the layer is traced
-    (the chunk counts are static); they need not be multiples of the chunk sizes (internal
-    padding), and chunks larger than a length shrink to it.
+    Attention dropout (`dropout`, in training) drops each tile's probabilities with a stateless
+    mask of (per-call seed, batch, head, query, key), regenerated in the backward pass
+    (`lra_keras.layers.attention.attention_dropout`): `full` draws the same mask, so with the
+    same `seed` the two layers are equal in training too. Lengths may be unknown when the
+    layer is traced (`keras.Input((None, dim))`); they need not be multiples of the chunk sizes
+    (internal padding), and chunks larger than a static length shrink to it.
 
     Args:
         num_heads: int. Number of attention heads.
@@ -37,8 +42,7 @@ class ChunkedAttention(BaseAttention):
             `1/sqrt(key_dim)`.
         query_chunk_size: int. Queries per chunk.
         key_chunk_size: int. Keys per chunk.
-        **kwargs: the remaining `BaseAttention` (MultiHeadAttention) arguments; `dropout` is
-            not applied (no probability tensor).
+        **kwargs: the remaining `BaseAttention` (MultiHeadAttention) arguments.
 
     Call arguments:
         query, value, key, query_mask, value_mask, key_mask, training, use_causal_mask: as
@@ -87,17 +91,28 @@ class ChunkedAttention(BaseAttention):
         )
 
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
-        out = kernel.chunked_attention(
-            attention_utils.heads_first(q),
-            attention_utils.heads_first(k),
-            attention_utils.heads_first(v),
-            key_mask,
-            causal=causal,
-            query_chunk_size=self.query_chunk_size,
-            key_chunk_size=self.key_chunk_size,
-            scale=1.0 / math.sqrt(self.key_dim),
-        )
-        return attention_utils.heads_last(out)
+        rate = self.dropout if training and self.dropout > 0.0 else 0.0
+        seed = attention_dropout.draw_dropout_seed(self.seed_generator) if rate else None
+        scale = 1.0 / math.sqrt(self.key_dim)
+
+        def exact():
+            out = kernel.chunked_attention(
+                attention_utils.heads_first(q),
+                attention_utils.heads_first(k),
+                attention_utils.heads_first(v),
+                key_mask,
+                causal=causal,
+                query_chunk_size=self.query_chunk_size,
+                key_chunk_size=self.key_chunk_size,
+                scale=scale,
+                dropout_rate=rate,
+                dropout_seed=seed,
+            )
+            return attention_utils.heads_last(out)
+
+        if kernel.fused_attention_supported(q, k, v, causal=causal, dropout_active=bool(rate)):
+            return kernel.fused_attention(q, k, v, key_mask, causal, scale, exact)
+        return exact()
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -7,9 +7,10 @@ import math
 import keras
 from keras import ops
 
-from lra_keras.layers.attention import attention_utils
+from lra_keras.layers.attention import attention_dropout, attention_utils
 from lra_keras.layers.attention.base_attention import BaseAttention
 from lra_keras.layers.attention.registry import register_attention
+from lra_keras.layers.kernels import chunked_attention as kernels
 
 
 @register_attention("full")
@@ -36,6 +37,13 @@ class FullAttention(BaseAttention):
 
     Masking: padded keys get a -1e9 bias in a float32 softmax; padded query rows of the output
     are zero (MultiHeadAttention leaves them non-zero; only real positions are comparable).
+
+    Attention dropout (`dropout`, in training) uses the stateless mask of
+    `lra_keras.layers.attention.attention_dropout`, the one `chunked` regenerates tile by
+    tile, so the two are equal in training for the same `seed`. Where the backend has a fused
+    exact kernel for the call (cuDNN flash attention on JAX on a GPU, float16/bfloat16, no
+    dense `attention_mask`, no scores returned, no dropout, prefix padding), it is used, with
+    the same values and gradients.
 
     Example:
 
@@ -68,19 +76,38 @@ class FullAttention(BaseAttention):
         attention_mask=None,
         return_attention_scores=False,
     ):
-        q = ops.multiply(q, ops.cast(1.0 / math.sqrt(self.key_dim), q.dtype))
-        logits = ops.einsum("bqhd,bkhd->bhqk", q, k)
-        mask = key_mask[:, None, None, :]
-        if causal:
-            mask = ops.logical_and(
-                mask,
-                attention_utils.causal_mask(attention_utils.dim(q, 1), attention_utils.dim(k, 1)),
-            )
-        if attention_mask is not None:
-            mask = ops.logical_and(mask, attention_mask[:, None, :, :])
-        probs = attention_utils.masked_softmax(logits, mask)
-        dropped = self._dropout_probs(probs, training)
-        out = ops.einsum("bhqk,bkhd->bqhd", dropped, v)
+        scale = 1.0 / math.sqrt(self.key_dim)
+        rate = self.dropout if training and self.dropout > 0.0 else 0.0
+
+        def dense():
+            scaled = ops.multiply(q, ops.cast(scale, q.dtype))
+            logits = ops.einsum("bqhd,bkhd->bhqk", scaled, k)
+            mask = key_mask[:, None, None, :]
+            if causal:
+                mask = ops.logical_and(
+                    mask,
+                    attention_utils.causal_mask(
+                        attention_utils.dim(q, 1), attention_utils.dim(k, 1)
+                    ),
+                )
+            if attention_mask is not None:
+                mask = ops.logical_and(mask, attention_mask[:, None, :, :])
+            probs = attention_utils.masked_softmax(logits, mask)
+            if rate:
+                seed = attention_dropout.draw_dropout_seed(self.seed_generator)
+                dropped = attention_dropout.apply_attention_dropout(probs, seed, rate)
+                dropped = ops.cast(dropped, self.compute_dtype)
+            else:
+                dropped = ops.cast(probs, self.compute_dtype)
+            return ops.einsum("bhqk,bkhd->bqhd", dropped, v), probs
+
+        if (
+            attention_mask is None
+            and not return_attention_scores
+            and kernels.fused_attention_supported(q, k, v, causal=causal, dropout_active=bool(rate))
+        ):
+            return kernels.fused_attention(q, k, v, key_mask, causal, scale, lambda: dense()[0])
+        out, probs = dense()
         if return_attention_scores:
             return out, probs
         return out

@@ -1,0 +1,196 @@
+"""The TensorFlow kernel of chunked exact attention: O(L) memory in the forward and backward pass.
+
+A FlashAttention-style `tf.custom_gradient`: the forward keeps only the output and the row
+log-sum-exp; the backward recomputes each tile's probabilities from the saved log-sum-exp
+(dS = P * (dP - rowsum(dO * O))). Both run in `tf.while_loop(..., parallel_iterations=1)`:
+TensorFlow's executor otherwise runs several chunks at once and gives back most of the memory
+saving (DESIGN.md section 1). The loops run over dynamic chunk counts, so unknown lengths (a
+`tf.function` traced with `None` lengths) work; they compile under `jit_compile=True`.
+Arguments, result and conventions are those of `chunked_attention.chunked_attention_reference`.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from lra_keras.layers.attention import attention_dropout
+from lra_keras.layers.kernels import chunked_attention as common
+
+NEG_INF = common.NEG_INF
+
+
+def _chunks(x, c: int):
+    """[B, H, n*c, ...] -> [n, B, H, c, ...] so a loop index can `tf.gather` a whole chunk."""
+    rest = list(x.shape[3:])
+    shape = tf.shape(x)
+    x = tf.reshape(x, tf.concat([shape[:2], [-1, c], shape[3:]], axis=0))
+    return tf.transpose(x, [2, 0, 1, 3] + list(range(4, 4 + len(rest))))
+
+
+def _unchunks(x):
+    """[n, B, H, c, d] -> [B, H, n*c, d]."""
+    shape = tf.shape(x)
+    return tf.reshape(
+        tf.transpose(x, [1, 2, 0, 3, 4]), tf.stack([shape[1], shape[2], -1, shape[4]])
+    )
+
+
+def _allowed(valid_chunks, i, j, cq: int, ck: int, causal: bool):
+    """Boolean `[B, 1, cq or 1, ck]` mask of tile (i, j): real keys, and j <= i if causal."""
+    allowed = tf.gather(valid_chunks, j)[:, None, None, :]
+    if causal:
+        q_pos = i * cq + tf.range(cq)
+        k_pos = j * ck + tf.range(ck)
+        allowed = tf.logical_and(allowed, (k_pos[None, :] <= q_pos[:, None])[None, None])
+    return allowed
+
+
+def _num_chunks(x, c: int):
+    return tf.shape(x)[2] // c
+
+
+def _forward(q, k, v, valid, seed, causal, cq, ck, rate):
+    """Output `[B, H, Tp, dv]` and row log-sum-exp `[B, H, Tp]`, one tile alive at a time."""
+    nq, nk = _num_chunks(q, cq), _num_chunks(k, ck)
+    q_chunks, k_chunks, v_chunks = _chunks(q, cq), _chunks(k, ck), _chunks(v, ck)
+    valid_chunks = tf.transpose(tf.reshape(valid, [tf.shape(valid)[0], -1, ck]), [1, 0, 2])
+    dv = v.shape[-1]
+
+    def query_step(i, out_ta, lse_ta):
+        qi = tf.gather(q_chunks, i)
+        n_keys = tf.minimum(nk, ((i + 1) * cq - 1) // ck + 1) if causal else nk
+
+        def key_step(j, m, denom, acc):
+            allowed = _allowed(valid_chunks, i, j, cq, ck, causal)
+            s = tf.matmul(qi, tf.gather(k_chunks, j), transpose_b=True)
+            s = tf.where(allowed, s, NEG_INF)
+            m_new = tf.maximum(m, tf.reduce_max(s, axis=-1, keepdims=True))
+            p = tf.where(allowed, tf.exp(s - m_new), 0.0)
+            alpha = tf.exp(m - m_new)
+            denom = alpha * denom + tf.reduce_sum(p, axis=-1, keepdims=True)
+            dropped = attention_dropout.apply_attention_dropout(p, seed, rate, i * cq, j * ck)
+            acc = alpha * acc + tf.matmul(dropped, tf.gather(v_chunks, j))
+            return j + 1, m_new, denom, acc
+
+        zeros = tf.zeros_like(qi[..., :1])
+        acc0 = tf.zeros(tf.concat([tf.shape(qi)[:-1], [dv]], axis=0), "float32")
+        _, m, denom, acc = tf.while_loop(
+            lambda j, *_: j < n_keys,
+            key_step,
+            (tf.constant(0), zeros + NEG_INF, zeros, acc0),
+            parallel_iterations=1,
+        )
+        safe_denom = tf.where(denom > 0, denom, 1.0)
+        out_ta = out_ta.write(i, acc / safe_denom)
+        lse_ta = lse_ta.write(i, (m + tf.math.log(safe_denom))[..., 0])
+        return i + 1, out_ta, lse_ta
+
+    out_ta = tf.TensorArray("float32", size=nq, element_shape=[q.shape[0], q.shape[1], cq, dv])
+    lse_ta = tf.TensorArray("float32", size=nq, element_shape=[q.shape[0], q.shape[1], cq])
+    _, out_ta, lse_ta = tf.while_loop(
+        lambda i, *_: i < nq, query_step, (tf.constant(0), out_ta, lse_ta), parallel_iterations=1
+    )
+    out = _unchunks(out_ta.stack())
+    lse = _unchunks(lse_ta.stack()[..., None])[..., 0]
+    return out, lse
+
+
+def _backward(q, k, v, valid, seed, out, lse, d_out, causal, cq, ck, rate):
+    """dq, dk, dv; each tile's probabilities (and dropout mask) are recomputed.
+
+    The outer loop runs over key chunks (dk and dv of a chunk accumulate locally), the inner
+    loop over the query chunks that see it, adding into dq in place.
+    """
+    nq, nk = _num_chunks(q, cq), _num_chunks(k, ck)
+    # D_i = sum_d dO * O = sum_j P_ij dP_ij, the softmax Jacobian's correction term (it holds
+    # with dropout too: sum_j P_ij M_ij dO_i.v_j / (1 - r) = dO_i . O_i).
+    delta = tf.reduce_sum(d_out * out, axis=-1)
+    q_chunks = _chunks(q, cq)
+    do_chunks = _chunks(d_out, cq)
+    lse_chunks = _chunks(lse[..., None], cq)
+    delta_chunks = _chunks(delta[..., None], cq)
+    k_chunks, v_chunks = _chunks(k, ck), _chunks(v, ck)
+    valid_chunks = tf.transpose(tf.reshape(valid, [tf.shape(valid)[0], -1, ck]), [1, 0, 2])
+
+    def key_step(j, dq, dk_ta, dv_ta):
+        kj, vj = tf.gather(k_chunks, j), tf.gather(v_chunks, j)
+        first_query = (j * ck) // cq if causal else 0
+
+        def query_step(i, dq, dkj, dvj):
+            qi, doi = tf.gather(q_chunks, i), tf.gather(do_chunks, i)
+            allowed = _allowed(valid_chunks, i, j, cq, ck, causal)
+            s = tf.matmul(qi, kj, transpose_b=True)
+            p = tf.where(allowed, tf.exp(s - tf.gather(lse_chunks, i)), 0.0)
+            dropped = attention_dropout.apply_attention_dropout(p, seed, rate, i * cq, j * ck)
+            dvj += tf.matmul(dropped, doi, transpose_a=True)
+            dp = tf.matmul(doi, vj, transpose_b=True)
+            # d/dP of the dropped mixing: the same mask and scale as the forward.
+            dp = attention_dropout.apply_attention_dropout(dp, seed, rate, i * cq, j * ck)
+            ds = p * (dp - tf.gather(delta_chunks, i))
+            dkj += tf.matmul(ds, qi, transpose_a=True)
+            dq = tf.tensor_scatter_nd_add(dq, tf.reshape(i, [1, 1]), tf.matmul(ds, kj)[None])
+            return i + 1, dq, dkj, dvj
+
+        _, dq, dkj, dvj = tf.while_loop(
+            lambda i, *_: i < nq,
+            query_step,
+            (tf.convert_to_tensor(first_query), dq, tf.zeros_like(kj), tf.zeros_like(vj)),
+            parallel_iterations=1,
+        )
+        return j + 1, dq, dk_ta.write(j, dkj), dv_ta.write(j, dvj)
+
+    b, h = k.shape[0], k.shape[1]
+    dk_ta = tf.TensorArray("float32", size=nk, element_shape=[b, h, ck, k.shape[-1]])
+    dv_ta = tf.TensorArray("float32", size=nk, element_shape=[b, h, ck, v.shape[-1]])
+    _, dq, dk_ta, dv_ta = tf.while_loop(
+        lambda j, *_: j < nk,
+        key_step,
+        (tf.constant(0), tf.zeros_like(q_chunks), dk_ta, dv_ta),
+        parallel_iterations=1,
+    )
+    return _unchunks(dq), _unchunks(dk_ta.stack()), _unchunks(dv_ta.stack())
+
+
+def _attention_core(q, k, v, valid, seed, causal: bool, cq: int, ck: int, rate: float):
+    """Padded, scaled float32 inputs -> padded float32 output, with the recomputing gradient."""
+
+    @tf.custom_gradient
+    def attend(q, k, v):
+        out, lse = _forward(q, k, v, valid, seed, causal, cq, ck, rate)
+
+        def grad(d_out):
+            return _backward(q, k, v, valid, seed, out, lse, d_out, causal, cq, ck, rate)
+
+        return out, grad
+
+    return attend(q, k, v)
+
+
+def chunked_attention_tf(
+    q,
+    k,
+    v,
+    key_mask,
+    causal: bool = False,
+    query_chunk_size: int = 1024,
+    key_chunk_size: int = 1024,
+    scale: float | None = None,
+    dropout_rate: float = 0.0,
+    dropout_seed=None,
+):
+    """Chunked exact attention for TensorFlow, O(L) memory in the forward and backward pass.
+
+    Same arguments and result as `chunked_attention_reference`; the lengths may be unknown.
+    """
+    common.check_inputs(
+        q, k, v, key_mask, query_chunk_size, key_chunk_size, dropout_rate, dropout_seed
+    )
+    dtype = q.dtype
+    q0 = q
+    q, k, v, valid, cq, ck = common.prepare(
+        q, k, v, key_mask, query_chunk_size, key_chunk_size, scale
+    )
+    valid = tf.convert_to_tensor(valid)
+    seed = None if not dropout_rate else tf.convert_to_tensor(dropout_seed)
+    out = _attention_core(q, k, v, valid, seed, bool(causal), cq, ck, float(dropout_rate))
+    return common.finish(out, q0, dtype)
