@@ -12,6 +12,7 @@ from lra_keras.layers.attention.base_attention import (
     BaseAttention,
     capability_error,
     check_call_capabilities,
+    check_float_inputs,
     check_padding_mask,
     mha_config,
     refuse_mha_arguments,
@@ -427,12 +428,7 @@ class S4DMixing(keras.layers.Layer):
         use_causal_mask=False,
     ):
         key = value if key is None else key
-        for arg, x in (("query", query), ("value", value), ("key", key)):
-            if not keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype)):
-                raise ValueError(
-                    f"{type(self).__name__}: `{arg}` must be a floating-point tensor "
-                    f"(embed token ids first), got dtype {x.dtype}."
-                )
+        check_float_inputs(self, query=query, value=value, key=key)
         self._check_shapes(query.shape, value.shape, key.shape)
         name = type(self).__name__
         masks = [
