@@ -437,6 +437,9 @@ class S4DMixing(keras.layers.Layer):
             check_padding_mask(name, "key_mask", key_mask, key.shape[:2]),
         ]
         check_call_capabilities(self, use_causal_mask, attention_mask, return_attention_scores)
+        if 0 in tuple(query.shape[:2]):
+            # Nothing to mix (an FFT of size 0 does not lower on XLA): the empty output.
+            return ops.zeros(tuple(query.shape), self.compute_dtype)
         mask = None
         for m in masks:
             if m is not None:
