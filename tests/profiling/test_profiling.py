@@ -92,8 +92,8 @@ def test_default_device_is_cpu_without_gpu():
 
 
 def test_measure_steps_per_second(monkeypatch):
-    # A fake clock that each step advances by a known duration: the statistics are checked
-    # exactly, and no assertion depends on how fast this machine is.
+    # A fake clock (not a wall-clock assertion): each step advances it by a known duration,
+    # so the statistics are checked exactly and nothing depends on this machine's speed.
     now = [0.0]
     monkeypatch.setattr(throughput_module.time, "perf_counter", lambda: now[0])
     durations = iter([7.0, 9.0, 0.5, 0.1, 0.3, 0.2, 0.4])  # two warm-up steps, then five

@@ -51,8 +51,8 @@ def test_sigterm_checkpoints_exits_143_and_another_config_is_refused(listops_dir
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 240
-    while not (model_dir / "config.json").exists() and time.time() < deadline:
+    # Until the run has started (no time limit: a loaded machine is slow, not wrong).
+    while not (model_dir / "config.json").exists():
         assert process.poll() is None, process.communicate()[1][-3000:]
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
