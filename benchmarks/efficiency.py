@@ -104,6 +104,7 @@ def build_text_model(attention: str, length: int, preset: str = "lra"):
     import keras
 
     import lra_keras.layers.encoder.transformer_encoder_block as block_module
+    from lra_keras.layers import ATTENTIONS
     from lra_keras.zoo import build_model, get_config
 
     if attention != BASELINE:
@@ -111,6 +112,9 @@ def build_text_model(attention: str, length: int, preset: str = "lra"):
         # their own (s4d: S4's 6 layers, no CLS) would change more than the attention.
         base = get_config("text", "full", preset)
         overrides = {key: base[key] for key in SAME_MODEL_KEYS}
+        if not getattr(ATTENTIONS[attention], "has_attention_probabilities", True):
+            # No probabilities to drop (linear, performer, fnet, s4d): the zoo gives them 0.
+            overrides.pop("attention_dropout")
         overrides.update(text_overrides(attention, length))
         return build_model("text", attention, preset, **overrides)
 

@@ -49,9 +49,9 @@ def _value_and_grads(layer, query, memory, query_mask, key_mask, causal, weights
     return loss_and_grads(loss, [query, memory], variables)
 
 
-def _assert_layers_agree(t, s, causal, dropout=0.0, training=None):
+def _assert_layers_agree(t, s, causal, dropout=0.0, training=None, chunks=(4, 5)):
     chunked, full, query, memory = _pair(
-        t, s, dropout=dropout, query_chunk_size=4, key_chunk_size=5
+        t, s, dropout=dropout, query_chunk_size=chunks[0], key_chunk_size=chunks[1]
     )
     query_mask = lengths_mask([t, t - 3], t)
     key_mask = lengths_mask([s, s // 2 + 1], s)
@@ -85,6 +85,25 @@ def test_matches_full_attention_in_training_with_dropout(t, s, causal):
     y_train = _assert_layers_agree(t, s, causal, dropout=0.4, training=True)
     y_eval = _assert_layers_agree(t, s, causal, dropout=0.4, training=False)
     assert np.abs(y_train - y_eval).max() > 1e-2  # dropout was applied in training only
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.4], ids=["no_dropout", "dropout"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("t, s", [(13, 13), (9, 14), (14, 9)], ids=["self", "longer", "shorter"])
+def test_default_chunks_one_tile_path_matches_full(t, s, causal, dropout):
+    # Default chunk sizes at these lengths: one tile, in the layer's heads-last layout.
+    assert kernels.default_chunk_sizes(t, s) == (t, s)
+    _assert_layers_agree(t, s, causal, dropout, training=bool(dropout), chunks=(None, None))
+
+
+def test_default_chunk_sizes_bound_the_tile():
+    limit = kernels.ONE_TILE_MAX_ENTRIES
+    assert kernels.default_chunk_sizes(4096, 4096) == (4096, 4096)
+    assert 4096 * 4096 <= limit < 4096 * 4097
+    chunk = kernels.DEFAULT_CHUNK_SIZE
+    assert kernels.default_chunk_sizes(4096, 4097) == (chunk, chunk)
+    assert kernels.default_chunk_sizes(None, 100) == (chunk, chunk)  # unknown length: tiles
+    assert kernels.default_chunk_sizes(8, 8, 3, None) == (3, 8)  # a given size is kept
 
 
 def test_matches_dense_numpy_reference_through_the_layer():
@@ -280,8 +299,12 @@ def test_query_without_any_allowed_key_gives_zero_and_finite_gradients():
     key_mask[1] = False
     key_mask[0, :3] = False  # Causal queries 0-2 of example 0 see no real key.
     weights = np.ones((2, 3, 6, 5), "float32")
-    for fn in (kernels.chunked_attention, kernels.chunked_attention_reference):
-        out, grads = _kernel_grads(fn, q, k, v, key_mask, True, (4, 2), weights)
+    for fn, chunks in (
+        (kernels.chunked_attention, (4, 2)),
+        (kernels.chunked_attention, (None, None)),  # the one-tile path
+        (kernels.chunked_attention_reference, (4, 2)),
+    ):
+        out, grads = _kernel_grads(fn, q, k, v, key_mask, True, chunks, weights)
         np.testing.assert_array_equal(out[1], 0.0)
         np.testing.assert_array_equal(out[0, :, :3], 0.0)
         np.testing.assert_allclose(out, _dense(q, k, v, key_mask, True), atol=ATOL)

@@ -65,6 +65,30 @@ def keep_mask(seed, rate: float, batch, heads: int, query_positions, key_positio
     return ops.greater_equal(bits, _u32(threshold))
 
 
+def tile_keep_mask(tile, seed, rate: float, query_offset=0, key_offset=0, batch=None, heads=None):
+    """`keep_mask` of a `[B, H, Tq, Sk]` tile at the given offsets (None when `rate == 0`).
+
+    `batch` and `heads` default to the tile's own; the offsets may be tensors (loop indices).
+    """
+    if not rate:
+        return None
+    shape = ops.shape(tile)
+    batch = shape[0] if batch is None else batch
+    heads = int(tile.shape[1]) if heads is None else heads
+    query_positions = ops.arange(shape[2]) + query_offset
+    key_positions = ops.arange(shape[3]) + key_offset
+    return keep_mask(seed, rate, batch, heads, query_positions, key_positions)
+
+
+def drop(x, keep, rate: float):
+    """`x` with the entries `keep` is False at zeroed and the rest scaled by `1 / (1 - rate)`
+    (`x` itself when `keep` is None). A backward pass applies the same mask to the gradient."""
+    if keep is None:
+        return x
+    scale = ops.cast(1.0 / (1.0 - float(rate)), x.dtype)
+    return ops.where(keep, x * scale, ops.zeros((), x.dtype))
+
+
 def apply_attention_dropout(
     probs, seed, rate: float, query_offset=0, key_offset=0, batch=None, heads=None
 ):
@@ -73,13 +97,5 @@ def apply_attention_dropout(
     `rate == 0` returns `probs` unchanged. `batch` and `heads` default to `probs`' own; the
     offsets may be tensors (loop indices).
     """
-    if not rate:
-        return probs
-    shape = ops.shape(probs)
-    batch = shape[0] if batch is None else batch
-    heads = int(probs.shape[1]) if heads is None else heads
-    query_positions = ops.arange(shape[2]) + query_offset
-    key_positions = ops.arange(shape[3]) + key_offset
-    keep = keep_mask(seed, rate, batch, heads, query_positions, key_positions)
-    scale = ops.cast(1.0 / (1.0 - float(rate)), probs.dtype)
-    return ops.where(keep, probs * scale, ops.zeros((), probs.dtype))
+    keep = tile_keep_mask(probs, seed, rate, query_offset, key_offset, batch, heads)
+    return drop(probs, keep, rate)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import keras
+from keras import ops
 
 from lra_keras.layers.attention import attention_dropout, attention_utils
 from lra_keras.layers.attention.base_attention import BaseAttention
@@ -40,8 +41,13 @@ class ChunkedAttention(BaseAttention):
         num_heads: int. Number of attention heads.
         key_dim: int. Size of each head for query and key; logits are scaled by
             `1/sqrt(key_dim)`.
-        query_chunk_size: int. Queries per chunk.
-        key_chunk_size: int. Keys per chunk.
+        query_chunk_size: int or None. Queries per chunk. None (default): chosen from the
+            length, as `key_chunk_size`.
+        key_chunk_size: int or None. Keys per chunk. None (default): one tile when the
+            static lengths give at most 4096 x 4096 scores per head (as fast as `full`; the
+            tiled backward recomputes the scores), else 512 (a score tile that stays in cache),
+            so the working set is bounded at any length (`chunked_attention.default_chunk_sizes`,
+            measured by `benchmarks.chunked_tiles`).
         **kwargs: the remaining `BaseAttention` (MultiHeadAttention) arguments.
 
     Call arguments:
@@ -78,16 +84,16 @@ class ChunkedAttention(BaseAttention):
         self,
         num_heads: int,
         key_dim: int,
-        query_chunk_size: int = 1024,
-        key_chunk_size: int = 1024,
+        query_chunk_size: int | None = None,
+        key_chunk_size: int | None = None,
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
         self.query_chunk_size = attention_utils.checked_int(
-            query_chunk_size, "query_chunk_size", "ChunkedAttention"
+            query_chunk_size, "query_chunk_size", "ChunkedAttention", allow_none=True
         )
         self.key_chunk_size = attention_utils.checked_int(
-            key_chunk_size, "key_chunk_size", "ChunkedAttention"
+            key_chunk_size, "key_chunk_size", "ChunkedAttention", allow_none=True
         )
 
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
@@ -96,6 +102,14 @@ class ChunkedAttention(BaseAttention):
         scale = 1.0 / math.sqrt(self.key_dim)
 
         def exact():
+            t, s = q.shape[1], k.shape[1]
+            cq, ck = kernel.default_chunk_sizes(t, s, self.query_chunk_size, self.key_chunk_size)
+            if t is not None and s is not None and t <= cq and s <= ck:
+                # One tile: computed in the layer's heads-last layout, as `full` does.
+                out = kernel.one_tile_attention(
+                    q, k, v, key_mask, causal, scale, rate, seed, heads_last=True
+                )
+                return ops.cast(out, q.dtype)
             out = kernel.chunked_attention(
                 attention_utils.heads_first(q),
                 attention_utils.heads_first(k),

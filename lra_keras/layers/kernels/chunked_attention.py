@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from lra_keras.layers.attention import attention_dropout, attention_utils
@@ -198,33 +199,102 @@ def chunked_attention_reference(
     return finish(out, q0, dtype)
 
 
+# The default tiling, chosen from the length (measured on the TensorFlow kernel, 2 CPU cores,
+# 4 heads x 64, forward+backward; `benchmarks.chunked_tiles` repeats it): a call whose scores
+# fit in ONE_TILE_MAX_ENTRIES per (batch, head) runs as one dense tile, as fast as `full`
+# (the tiled kernel's recomputing backward costs it 15-20% more); longer ones run in tiles of
+# DEFAULT_CHUNK_SIZE, whose 1 MiB score tile per head stays in cache (512-tiles: 1.19x of
+# dense at 4K, 1024-tiles 1.28x). The bound makes the working set at most 64 MiB per
+# (batch, head) at any length, so memory stays O(L).
+ONE_TILE_MAX_ENTRIES = 4096 * 4096
+DEFAULT_CHUNK_SIZE = 512
+
+
+def default_chunk_sizes(t, s, query_chunk_size=None, key_chunk_size=None) -> tuple[int, int]:
+    """Chunk sizes for a call: the given ones, else one tile (see `ONE_TILE_MAX_ENTRIES`) when
+    both static lengths fit it, else `DEFAULT_CHUNK_SIZE`."""
+    one_tile = t is not None and s is not None and max(t, 1) * max(s, 1) <= ONE_TILE_MAX_ENTRIES
+    default_q = max(t, 1) if one_tile else DEFAULT_CHUNK_SIZE
+    default_k = max(s, 1) if one_tile else DEFAULT_CHUNK_SIZE
+    return (
+        default_q if query_chunk_size is None else query_chunk_size,
+        default_k if key_chunk_size is None else key_chunk_size,
+    )
+
+
+def one_tile_attention(
+    q,
+    k,
+    v,
+    key_mask,
+    causal: bool = False,
+    scale=None,
+    dropout_rate=0.0,
+    dropout_seed=None,
+    heads_last: bool = False,
+):
+    """Exact attention as one dense tile (static lengths): `full`'s masked softmax, with the
+    chunked kernels' conventions (float32 softmax, zero rows where a query has no allowed key,
+    the same dropout mask). Differentiated by the backend's autodiff.
+
+    `heads_last=True` takes and returns `[B, T, H, d]` (the layer's layout: no transposes).
+    """
+    axis = 1 if heads_last else 2
+    t, s = q.shape[axis], k.shape[axis]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    valid = ops.cast(key_mask, "bool")
+    layout = "bqhd" if heads_last else "bhqd"
+    key_layout = layout.replace("q", "k")
+    # Scaled before the product, as `full` does: a pass over [T, d], not over [T, S].
+    logits = ops.einsum(f"{layout},{key_layout}->bhqk", q * ops.cast(scale, q.dtype), k)
+    allowed = valid[:, None, None, :]
+    if causal and s:
+        allowed = ops.logical_and(allowed, attention_utils.causal_mask(t, s)[None, None])
+        # Query i sees keys 0..min(i, S-1): it has one iff a real key is among them.
+        seen = ops.cumsum(ops.cast(valid, "int32"), axis=-1)
+        has_key = (ops.take(seen, np.minimum(np.arange(t), s - 1), axis=1) > 0)[:, None, :, None]
+    else:
+        has_key = ops.any(valid, axis=-1)[:, None, None, None]
+    probs = attention_utils.masked_softmax(logits, allowed)
+    probs = attention_dropout.apply_attention_dropout(probs, dropout_seed, dropout_rate)
+    out = ops.einsum(f"bhqk,{key_layout}->{layout}", ops.cast(probs, v.dtype), v)
+    if heads_last:
+        has_key = ops.transpose(has_key, (0, 2, 1, 3))
+    # masked_softmax gives a row with no allowed key the uniform average; these kernels zero it.
+    return ops.where(has_key, out, ops.zeros((), out.dtype))
+
+
 def chunked_attention(
     q,
     k,
     v,
     key_mask,
     causal: bool = False,
-    query_chunk_size: int = 1024,
-    key_chunk_size: int = 1024,
+    query_chunk_size: int | None = None,
+    key_chunk_size: int | None = None,
     scale: float | None = None,
     dropout_rate: float = 0.0,
     dropout_seed=None,
 ):
     """Chunked exact attention on the current Keras backend (see the module docstring).
 
-    The TensorFlow backend gets `chunked_attention_tf`, JAX `chunked_attention_jax`, the others
-    `chunked_attention_reference`; all take the same arguments and give the same result. A call
-    whose static lengths fit in one tile runs the reference (one tile, no loop) on every
-    backend.
+    Chunk sizes left `None` are chosen from the lengths (`default_chunk_sizes`). A call whose
+    static lengths fit in one tile runs `one_tile_attention` on every backend; otherwise the
+    TensorFlow backend gets `chunked_attention_tf`, JAX `chunked_attention_jax`, the others
+    `chunked_attention_reference`; all take the same arguments and give the same result.
     """
     backend = keras.backend.backend()
     t, s = q.shape[2], k.shape[2]
+    query_chunk_size, key_chunk_size = default_chunk_sizes(t, s, query_chunk_size, key_chunk_size)
+    check_inputs(q, k, v, key_mask, query_chunk_size, key_chunk_size, dropout_rate, dropout_seed)
     if t is not None and s is not None and t <= query_chunk_size and s <= key_chunk_size:
         # One tile covers the sequence: its memory is the tile bound already, and plain ops
-        # with autodiff skip the kernels' loop and hand-written backward (measured: the TF
-        # kernel ran at 0.46x of `full`'s speed at 1K with the default 1024-chunks).
-        fn = chunked_attention_reference
-    elif backend == "tensorflow":
+        # with autodiff skip the kernels' loop and recomputing backward.
+        return ops.cast(
+            one_tile_attention(q, k, v, key_mask, causal, scale, dropout_rate, dropout_seed),
+            q.dtype,
+        )
+    if backend == "tensorflow":
         from lra_keras.layers.kernels.chunked_attention_tf import chunked_attention_tf as fn
     elif backend == "jax":
         from lra_keras.layers.kernels.chunked_attention_jax import chunked_attention_jax as fn

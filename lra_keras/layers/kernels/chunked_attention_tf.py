@@ -35,14 +35,19 @@ def _unchunks(x):
     )
 
 
-def _allowed(valid_chunks, i, j, cq: int, ck: int, causal: bool):
-    """Boolean `[B, 1, cq or 1, ck]` mask of tile (i, j): real keys, and j <= i if causal."""
-    allowed = tf.gather(valid_chunks, j)[:, None, None, :]
+def _bias(bias_chunks, i, j, cq: int, ck: int, causal: bool):
+    """Additive `[B, 1, cq or 1, ck]` bias of tile (i, j): 0 where allowed, -inf elsewhere."""
+    bias = tf.gather(bias_chunks, j)[:, None, None, :]
     if causal:
         q_pos = i * cq + tf.range(cq)
         k_pos = j * ck + tf.range(ck)
-        allowed = tf.logical_and(allowed, (k_pos[None, :] <= q_pos[:, None])[None, None])
-    return allowed
+        bias = bias + tf.where(k_pos[None, :] <= q_pos[:, None], 0.0, -float("inf"))[None, None]
+    return bias
+
+
+def _bias_chunks(valid, ck: int):
+    bias = tf.where(valid, 0.0, -float("inf"))
+    return tf.transpose(tf.reshape(bias, [tf.shape(valid)[0], -1, ck]), [1, 0, 2])
 
 
 def _num_chunks(x, c: int):
@@ -53,7 +58,7 @@ def _forward(q, k, v, valid, seed, causal, cq, ck, rate):
     """Output `[B, H, Tp, dv]` and row log-sum-exp `[B, H, Tp]`, one tile alive at a time."""
     nq, nk = _num_chunks(q, cq), _num_chunks(k, ck)
     q_chunks, k_chunks, v_chunks = _chunks(q, cq), _chunks(k, ck), _chunks(v, ck)
-    valid_chunks = tf.transpose(tf.reshape(valid, [tf.shape(valid)[0], -1, ck]), [1, 0, 2])
+    bias_chunks = _bias_chunks(valid, ck)
     dv = v.shape[-1]
 
     def query_step(i, out_ta, lse_ta):
@@ -61,12 +66,12 @@ def _forward(q, k, v, valid, seed, causal, cq, ck, rate):
         n_keys = tf.minimum(nk, ((i + 1) * cq - 1) // ck + 1) if causal else nk
 
         def key_step(j, m, denom, acc):
-            allowed = _allowed(valid_chunks, i, j, cq, ck, causal)
             s = tf.matmul(qi, tf.gather(k_chunks, j), transpose_b=True)
-            s = tf.where(allowed, s, NEG_INF)
+            s = s + _bias(bias_chunks, i, j, cq, ck, causal)
             m_new = tf.maximum(m, tf.reduce_max(s, axis=-1, keepdims=True))
-            p = tf.where(allowed, tf.exp(s - m_new), 0.0)
-            alpha = tf.exp(m - m_new)
+            m_safe = tf.where(tf.math.is_inf(m_new), 0.0, m_new)
+            p = tf.exp(s - m_safe)
+            alpha = tf.exp(m - m_safe)
             denom = alpha * denom + tf.reduce_sum(p, axis=-1, keepdims=True)
             dropped = attention_dropout.apply_attention_dropout(p, seed, rate, i * cq, j * ck)
             acc = alpha * acc + tf.matmul(dropped, tf.gather(v_chunks, j))
@@ -77,12 +82,13 @@ def _forward(q, k, v, valid, seed, causal, cq, ck, rate):
         _, m, denom, acc = tf.while_loop(
             lambda j, *_: j < n_keys,
             key_step,
-            (tf.constant(0), zeros + NEG_INF, zeros, acc0),
+            (tf.constant(0), zeros - float("inf"), zeros, acc0),
             parallel_iterations=1,
         )
         safe_denom = tf.where(denom > 0, denom, 1.0)
+        lse = tf.where(denom > 0, m + tf.math.log(safe_denom), float("inf"))
         out_ta = out_ta.write(i, acc / safe_denom)
-        lse_ta = lse_ta.write(i, (m + tf.math.log(safe_denom))[..., 0])
+        lse_ta = lse_ta.write(i, lse[..., 0])
         return i + 1, out_ta, lse_ta
 
     out_ta = tf.TensorArray("float32", size=nq, element_shape=[q.shape[0], q.shape[1], cq, dv])
@@ -110,7 +116,7 @@ def _backward(q, k, v, valid, seed, out, lse, d_out, causal, cq, ck, rate):
     lse_chunks = _chunks(lse[..., None], cq)
     delta_chunks = _chunks(delta[..., None], cq)
     k_chunks, v_chunks = _chunks(k, ck), _chunks(v, ck)
-    valid_chunks = tf.transpose(tf.reshape(valid, [tf.shape(valid)[0], -1, ck]), [1, 0, 2])
+    bias_chunks = _bias_chunks(valid, ck)
 
     def key_step(j, dq, dk_ta, dv_ta):
         kj, vj = tf.gather(k_chunks, j), tf.gather(v_chunks, j)
@@ -118,14 +124,13 @@ def _backward(q, k, v, valid, seed, out, lse, d_out, causal, cq, ck, rate):
 
         def query_step(i, dq, dkj, dvj):
             qi, doi = tf.gather(q_chunks, i), tf.gather(do_chunks, i)
-            allowed = _allowed(valid_chunks, i, j, cq, ck, causal)
-            s = tf.matmul(qi, kj, transpose_b=True)
-            p = tf.where(allowed, tf.exp(s - tf.gather(lse_chunks, i)), 0.0)
-            dropped = attention_dropout.apply_attention_dropout(p, seed, rate, i * cq, j * ck)
-            dvj += tf.matmul(dropped, doi, transpose_a=True)
+            s = tf.matmul(qi, kj, transpose_b=True) + _bias(bias_chunks, i, j, cq, ck, causal)
+            p = tf.exp(s - tf.gather(lse_chunks, i))
+            # One mask per tile, for the probabilities and for d/dP of the dropped mixing.
+            keep = attention_dropout.tile_keep_mask(p, seed, rate, i * cq, j * ck)
+            dvj += tf.matmul(attention_dropout.drop(p, keep, rate), doi, transpose_a=True)
             dp = tf.matmul(doi, vj, transpose_b=True)
-            # d/dP of the dropped mixing: the same mask and scale as the forward.
-            dp = attention_dropout.apply_attention_dropout(dp, seed, rate, i * cq, j * ck)
+            dp = attention_dropout.drop(dp, keep, rate)
             ds = p * (dp - tf.gather(delta_chunks, i))
             dkj += tf.matmul(ds, qi, transpose_a=True)
             dq = tf.tensor_scatter_nd_add(dq, tf.reshape(i, [1, 1]), tf.matmul(ds, kj)[None])
