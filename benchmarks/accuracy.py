@@ -92,6 +92,7 @@ TASK_SETUP = {
     },
 }
 SETTINGS = (
+    "preset",
     "num_train_steps",
     "max_length",
     "batch_size",
@@ -155,6 +156,10 @@ def task_overrides(task: str, attention: str, args=None) -> dict:
 def generate(task: str, data_dir: str, args) -> str:
     """Generates the task's data under `data_dir` once; returns the task's data folder."""
     folder = os.path.join(data_dir, task)
+    if task == "pathfinder":
+        # One folder per difficulty and size, so another setting never reuses other data.
+        difficulty = getattr(args, "pathfinder_difficulty", "hard")
+        folder = os.path.join(data_dir, f"pathfinder_{difficulty}_{args.pathfinder_images}")
     if task == "listops":
         # One folder per length range, so a different cap never reuses other data.
         low, high = TASK_SETUP["listops"]["min_length"], setting(task, "max_length", args)
@@ -183,7 +188,7 @@ def generate(task: str, data_dir: str, args) -> str:
         write_pathfinder(
             folder,
             resolution=32,
-            difficulty="hard",
+            difficulty=getattr(args, "pathfinder_difficulty", "hard"),
             num_images=args.pathfinder_images,
             seed=args.seed,
             workers=2,
@@ -229,7 +234,7 @@ def train_one(task: str, attention: str, folder: str, args, recipe: str = "plain
         "lra_keras.training.cli",
         f"--task={task}",
         f"--attention={attention}",
-        f"--preset={TASK_SETUP[task]['preset']}",
+        f"--preset={setting(task, 'preset', args)}",
         f"--data_dir={folder}",
         f"--model_dir={model_dir}",
         f"--num_train_steps={finetune_steps}",
@@ -293,7 +298,7 @@ def train_one(task: str, attention: str, folder: str, args, recipe: str = "plain
 
 def describe(task: str, args) -> str:
     """One line of the run's setting for `task`, for the table's header."""
-    preset = TASK_SETUP[task]["preset"]
+    preset = setting(task, "preset", args)
     text = (
         f"{task}: preset `{preset}`, {task_steps(task, args)} steps of batch "
         f"{setting(task, 'batch_size', args)}, peak learning rate "
@@ -309,7 +314,8 @@ def describe(task: str, args) -> str:
             f"(padded to {high}; axial on a near-square grid; bigbird blocks of 16)"
         )
     else:
-        text += f"; {args.pathfinder_images} generated Pathfinder-32 hard images, 80/10/10"
+        difficulty = getattr(args, "pathfinder_difficulty", "hard")
+        text += f"; {args.pathfinder_images} generated Pathfinder-32 {difficulty} images, 80/10/10"
     return text
 
 
@@ -449,6 +455,17 @@ def main(argv=None) -> dict:
         "--listops_eval_examples", type=int, default=1000, help="per validation and test split"
     )
     parser.add_argument("--pathfinder_images", type=int, default=2000)
+    parser.add_argument(
+        "--pathfinder_difficulty",
+        choices=["easy", "intermediate", "hard"],
+        default="hard",
+        help="contour length 6, 9 or 14 (LRA's Pathfinder is hard)",
+    )
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="model preset for every task (default: small on listops, tiny on pathfinder)",
+    )
     parser.add_argument("--timeout", type=int, default=3600)
     parser.add_argument("--out_dir", default="results")
     parser.add_argument("--data_dir", default=None, help="default: <out_dir>/accuracy_data")

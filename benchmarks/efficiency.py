@@ -11,6 +11,16 @@ matmul rate, measured in the same run.
     python -m benchmarks.efficiency [--lengths 1024,2048,3072,4096] [--batch_size 1]
         [--attentions all] [--jit_compile] [--profile] [--steps 3]
 
+For longer lengths (`--lengths 1024,2048,4096,8192,16384`), a run this machine's memory cannot
+hold is skipped with its reason instead of being started: before each run, the variant's peak
+memory is predicted from its last two lengths (the measured growth exponent, at least 1 and at
+most 2; 2 when only one length ran) and compared with 80% of the machine's memory (its cgroup
+limit, else physical memory). On 2 cores with 24 GiB, `full` (and any dense variant) stops
+after 8K. The report then gives each variant's speedup over `full` beside its FLOP bound (the
+ratio of the step's analytic FLOPs) and the paper's 4K ratio; where `full` was skipped, its
+time is extrapolated from its FLOP rate at its longest measured length (marked `~`). It also
+gives the exponents at which time and memory grew from 4K to the longest length.
+
 Writes `results/efficiency.json`, `results/efficiency.md` and `results/efficiency.png`.
 `--profile` (alias `--trace_memory`) also records a profiler trace of each run's timed steps
 under `results/traces/` and reports the peak its memory profile shows beside the allocator's.
@@ -82,6 +92,56 @@ def model_flops(model, batch: int, length: int) -> int:
             mlp = 2 * batch * seq * 2 * encoder.embed_dim * block.mlp_dim
             forward += towers * (core + proj + mlp)
     return 3 * forward
+
+
+def memory_limit_mib() -> float:
+    """This machine's memory for the children: the cgroup limit if set, else physical memory."""
+    limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    return min(limits) / 2**20
+
+
+def growth_exponent(low: tuple[int, float], high: tuple[int, float]) -> float | None:
+    """The exponent e of value ~ length^e between two (length, value) points."""
+    (l0, v0), (l1, v1) = low, high
+    if l1 == l0 or not v0 or not v1 or v0 <= 0 or v1 <= 0:
+        return None
+    return math.log(v1 / v0) / math.log(l1 / l0)
+
+
+MEMORY_SHARE = 0.8
+
+
+def skip_reason(name: str, length: int, results: list[dict], limit_mib: float) -> str | None:
+    """Why `name` at `length` should not be started (its predicted peak memory), or None."""
+    earlier = sorted(
+        (r for r in results if r["attention"] == name and r["length"] < length),
+        key=lambda r: r["length"],
+    )
+    if earlier and earlier[-1].get("status") == "timeout":
+        return f"timed out at {_label(earlier[-1]['length'])}"
+    measured = [(r["length"], r["peak_mib"]) for r in earlier if r.get("status") == "ok"]
+    measured = [(n, m) for n, m in measured if m]
+    if not measured:
+        return None
+    exponent = growth_exponent(*measured[-2:]) if len(measured) >= 2 else None
+    exponent = 2.0 if exponent is None else min(max(exponent, 1.0), 2.0)
+    last_length, last_mib = measured[-1]
+    predicted = last_mib * (length / last_length) ** exponent
+    if predicted <= MEMORY_SHARE * limit_mib:
+        return None
+    return (
+        f"predicted peak {predicted / 1024:.1f} GiB (memory grew as L^{exponent:.2f} up to "
+        f"{_label(last_length)}) is over {MEMORY_SHARE:.0%} of this machine's "
+        f"{limit_mib / 1024:.0f} GiB"
+    )
 
 
 def text_overrides(attention: str, length: int) -> dict:
@@ -188,6 +248,13 @@ def _worker_step(args: argparse.Namespace) -> dict:
         "gflops_per_second": flops / seconds / 1e9,
         **traced,
     }
+
+
+def _worker_flops(args: argparse.Namespace) -> dict:
+    """The step's analytic FLOPs of a run that is skipped (the model is built, never run)."""
+    model = build_text_model(args.attention, args.length)
+    flops = model_flops(model, args.batch_size, args.length)
+    return {"status": "ok", "step_gflop": flops / 1e9}
 
 
 def _run_worker(kind: str, args: argparse.Namespace, **extra) -> dict:
@@ -322,7 +389,102 @@ def _table(results: list[dict], lengths: list[int], args, matmul: dict) -> str:
             share = r["gflops_per_second"] / matmul["matmul_gflops"] if matmul else float("nan")
             cells.append(f"{r['gflops_per_second']:.0f} ({100 * share:.0f}%)")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
+    sections = [skipped_notes(results), bound_table(results, lengths)]
+    sections.append(growth_table(results, lengths))
+    return "\n".join(out) + "\n\n" + "\n".join(x for x in sections if x)
+
+
+def full_seconds(by: dict, length: int) -> tuple[float | None, bool]:
+    """`full`'s step time at `length`: measured, else extrapolated from its FLOP rate at its
+    longest measured length (True when extrapolated); None when neither is known."""
+    row = by.get(("full", length), {})
+    if row.get("status") == "ok":
+        return 1.0 / row["steps_per_second"], False
+    ran = sorted((n for (name, n), r in by.items() if name == "full" and r.get("status") == "ok"))
+    if not ran or not row.get("step_gflop"):
+        return None, False
+    rate = by[("full", ran[-1])]["gflops_per_second"]
+    return row["step_gflop"] / rate, True
+
+
+def bound_table(results: list[dict], lengths: list[int]) -> str:
+    """Each variant's speedup over `full` beside its FLOP bound and the paper's 4K ratio."""
+    from benchmarks.paper import paper_speedup
+
+    by = {(r["attention"], r["length"]): r for r in results}
+    names = sorted({r["attention"] for r in results} - {"full"})
+    out = [
+        "## Speedup over `full` against the FLOP bound",
+        "",
+        "Each cell: measured speedup (steps/s over `full`'s) / FLOP bound (`full`'s step FLOPs "
+        "over the variant's) = share of the bound reached. `~`: `full` could not run at that "
+        "length; its time is extrapolated from its FLOP rate at its longest measured length. "
+        "Paper: LRA Table 2's 4K speedup (TPU v3, batch 32).",
+        "",
+        "| attention | " + " | ".join(_label(n) for n in lengths) + " | paper 4K |",
+        "|" + "---|" * (len(lengths) + 2),
+    ]
+    for name in names:
+        cells = []
+        for n in lengths:
+            r, base = by.get((name, n), {}), by.get(("full", n), {})
+            seconds, extrapolated = full_seconds(by, n)
+            if r.get("status") != "ok" or seconds is None or not base.get("step_gflop"):
+                cells.append(r.get("status", "-") if r.get("status") != "ok" else "-")
+                continue
+            speedup = seconds * r["steps_per_second"]
+            bound = base["step_gflop"] / r["step_gflop"]
+            mark = "~" if extrapolated else ""
+            cells.append(f"{mark}{speedup:.2f} / {bound:.2f} = {100 * speedup / bound:.0f}%")
+        paper = paper_speedup(name, 4096)
+        cells.append(f"{paper:.2f}" if paper else "-")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
+
+
+def growth_table(results: list[dict], lengths: list[int]) -> str:
+    """How each variant's time, memory and FLOPs grew from 4K (or the shortest length) to the
+    longest length it ran at: the exponent e of value ~ L^e."""
+    high = max(lengths)
+    low = min((n for n in lengths if 4096 <= n < high), default=min(lengths))
+    if high <= low:
+        return ""
+    by = {(r["attention"], r["length"]): r for r in results}
+    names = sorted({r["attention"] for r in results}, key=lambda n: (n != "full", n))
+    out = [
+        f"## Growth from {_label(low)} to {_label(high)}",
+        "",
+        f"The exponent e of time (or peak memory, or analytic FLOPs) ~ L^e between {_label(low)} "
+        f"and {_label(high)} (1: linear, 2: quadratic); a variant that did not run at "
+        f"{_label(high)} shows its reason.",
+        "",
+        "| attention | time exponent | memory exponent | FLOP exponent |",
+        "|---|---|---|---|",
+    ]
+    for name in names:
+        a, b = by.get((name, low), {}), by.get((name, high), {})
+        if a.get("status") != "ok" or b.get("status") != "ok":
+            why = b.get("status", "-") if a.get("status") == "ok" else a.get("status", "-")
+            out.append(f"| {name} | {why} | {why} | {why} |")
+            continue
+        cells = []
+        for key in ("steps_per_second", "peak_mib", "step_gflop"):
+            va, vb = a.get(key), b.get(key)
+            if key == "steps_per_second" and va and vb:
+                va, vb = 1.0 / va, 1.0 / vb  # time per step
+            e = growth_exponent((low, va), (high, vb))
+            cells.append("-" if e is None else f"{e:.2f}")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def skipped_notes(results: list[dict]) -> str:
+    rows = [r for r in results if r.get("status") == "skipped"]
+    if not rows:
+        return ""
+    lines = ["Skipped runs:", ""]
+    lines += [f"- {r['attention']} at {_label(r['length'])}: {r['reason']}" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _plot(results: list[dict], path: str) -> None:
@@ -380,7 +542,7 @@ def main(argv=None) -> dict | None:
         action="store_true",
         help="merge into an existing results/efficiency.json (new rows replace old ones)",
     )
-    parser.add_argument("--worker", choices=["step", "matmul"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["step", "matmul", "flops"], help=argparse.SUPPRESS)
     parser.add_argument("--attention", help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--trace_dir", help=argparse.SUPPRESS)
@@ -390,6 +552,9 @@ def main(argv=None) -> dict | None:
         return None
     if args.worker == "step":
         print(json.dumps(_worker_step(args)))
+        return None
+    if args.worker == "flops":
+        print(json.dumps(_worker_flops(args)))
         return None
 
     from lra_keras.layers import ATTENTIONS
@@ -406,9 +571,18 @@ def main(argv=None) -> dict | None:
     matmul = _run_worker("matmul", args)
     print(f"matmul: {matmul}", flush=True)
     results = []
+    limit_mib = memory_limit_mib()
     for length in lengths:
         for name in names:
-            result = _run_worker("step", args, attention=name, length=length)
+            reason = skip_reason(name, length, results, limit_mib)
+            if reason:
+                result = {"attention": name, "length": length, "status": "skipped"}
+                result["reason"] = reason
+                flops = _run_worker("flops", args, attention=name, length=length)
+                if flops.get("status") == "ok":
+                    result["step_gflop"] = flops["step_gflop"]
+            else:
+                result = _run_worker("step", args, attention=name, length=length)
             results.append(result)
             print(json.dumps(result), flush=True)
     json_path = os.path.join(args.out_dir, "efficiency.json")
@@ -419,7 +593,12 @@ def main(argv=None) -> dict | None:
         kept = [r for r in previous["results"] if (r["attention"], r["length"]) not in fresh]
         results = kept + results
         lengths = sorted({r["length"] for r in results})
-    report = {"config": vars(args), "matmul": matmul, "results": results}
+    report = {
+        "config": vars(args),
+        "matmul": matmul,
+        "memory_limit_mib": limit_mib,
+        "results": results,
+    }
     with open(json_path, "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(args.out_dir, "efficiency.md"), "w") as f:

@@ -37,19 +37,9 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-PAPER_TABLE2 = {  # LRA paper, Table 2: steps/s at 1K, 2K, 3K, 4K (TPU v3, batch 32).
-    "full": (8.1, 4.9, 2.3, 1.4),
-    "local": (9.2, 8.4, 7.4, 7.4),
-    "linformer": (9.3, 9.1, 8.5, 7.7),
-    "reformer": (4.4, 2.2, 1.5, 1.1),
-    "sinkhorn": (9.1, 7.9, 6.6, 5.3),
-    "synthesizer": (8.7, 5.7, 6.6, 1.9),
-    "bigbird": (7.4, 3.9, 2.7, 1.5),
-    "linear": (9.1, 9.3, 8.6, 7.8),
-    "performer": (9.5, 9.4, 8.7, 8.0),
-}
+from benchmarks.paper import PAPER_LENGTHS, PAPER_TABLE2  # noqa: E402
+
 TABLE2_MODELS = list(PAPER_TABLE2) + ["chunked"]
-PAPER_LENGTHS = (1024, 2048, 3072, 4096)
 MHA = "keras_mha_flash"
 WIDTH, HEADS, KEY_DIM = 256, 4, 64
 TOKENS_PER_LAYER_STEP = 32768

@@ -53,6 +53,46 @@ def test_table_keeps_out_of_memory_and_failed_rows():
     assert "[rss]" not in text
 
 
+def test_a_run_predicted_not_to_fit_is_skipped_with_its_reason():
+    limit = 24 * 1024.0
+    results = [row("full", 4096, 0.3, 3000.0), row("full", 8192, 0.08, 12000.0)]
+    results += [row("local", 4096, 3.0, 100.0), row("local", 8192, 1.5, 200.0)]
+    reason = efficiency.skip_reason("full", 16384, results, limit)
+    assert "predicted peak 46.9 GiB" in reason and "L^2.00" in reason
+    assert efficiency.skip_reason("local", 16384, results, limit) is None
+    # One measured length: quadratic growth is assumed.
+    assert "L^2.00" in efficiency.skip_reason("full", 16384, results[:1], 4000.0)
+    assert efficiency.skip_reason("sparse", 16384, results, limit) is None  # nothing measured
+    timed_out = [{"attention": "reformer", "length": 8192, "status": "timeout"}]
+    assert efficiency.skip_reason("reformer", 16384, timed_out, limit) == "timed out at 8K"
+
+
+def test_speedups_are_reported_against_the_flop_bound_and_extrapolated_full():
+    def with_flops(r, gflop, rate):
+        return {**r, "step_gflop": gflop, "gflops_per_second": rate}
+
+    results = [
+        with_flops(row("full", 1024, 2.0, 100.0), 10.0, 20.0),
+        with_flops(row("local", 1024, 5.0, 40.0), 4.0, 20.0),
+        {"attention": "full", "length": 4096, "status": "skipped", "reason": "too big"},
+        with_flops(row("local", 4096, 1.0, 160.0), 16.0, 16.0),
+    ]
+    results[2]["step_gflop"] = 160.0
+    text = efficiency._table(results, [1024, 4096], fake_args(), {"matmul_gflops": 200.0})
+    bound = text.split("## Speedup over `full`")[1].split("##")[0]
+    local = next(line for line in bound.splitlines() if line.startswith("| local"))
+    # 1K: 2.5x measured, 2.5x FLOP bound. 4K: full extrapolated at its 1K rate (20 GFLOP/s,
+    # 8 s) against local's 1 s: 8x of a 10x bound.
+    assert "2.50 / 2.50 = 100%" in local and "~8.00 / 10.00 = 80%" in local
+    assert local.endswith("| 5.29 |")  # the paper's 4K: 7.4 / 1.4
+    assert "- full at 4K: too big" in text
+    growth = text.split("## Growth from 1K to 4K")[1]
+    local = next(line for line in growth.splitlines() if line.startswith("| local"))
+    # Time 0.2 s -> 1 s, memory 40 -> 160 MiB, FLOPs 4 -> 16 over a length ratio of 4.
+    assert local == "| local | 1.16 | 1.00 | 1.00 |"
+    assert "| full | skipped | skipped | skipped |" in growth
+
+
 def test_table_says_which_source_each_peak_came_from():
     results = [
         row("full", 1024, 2.0, 100.0),
@@ -191,6 +231,13 @@ def test_keras_mha_baseline_counts_the_same_flops_as_full():
     assert any(type(layer) is keras.layers.MultiHeadAttention for layer in mha)
     full = efficiency.build_text_model("full", 64, "tiny")
     assert efficiency.model_flops(baseline, 2, 64) == efficiency.model_flops(full, 2, 64)
+
+
+@pytest.mark.parametrize("attention", ["performer", "linear", "fnet"])
+def test_variants_without_probabilities_build_without_attention_dropout(attention):
+    # The `full` preset's attention dropout would be refused by these variants.
+    model = efficiency.build_text_model(attention, 64, "lra")
+    assert model.get_layer("encoder").blocks[0].attention_layer.dropout == 0.0
 
 
 def test_every_efficiency_row_is_the_same_text_model():
