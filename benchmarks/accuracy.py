@@ -206,9 +206,11 @@ def majority_baseline(task: str, folder: str, args=None) -> float:
     max_length = setting(task, "max_length", args or argparse.Namespace())
     if task != "listops":
         max_length = None  # the image tasks' length is the image's
-    labels = np.concatenate(
-        [y for _, y in load(task, "test", folder, 256, max_length=max_length).as_numpy_iterator()]
-    )
+    options = {}
+    if task == "pathfinder":
+        options["difficulty"] = getattr(args, "pathfinder_difficulty", "hard")
+    test = load(task, "test", folder, 256, max_length=max_length, **options)
+    labels = np.concatenate([y for _, y in test.as_numpy_iterator()])
     return float(np.bincount(labels).max() / len(labels))
 
 
@@ -245,6 +247,9 @@ def train_one(task: str, attention: str, folder: str, args, recipe: str = "plain
         "--verbose=0",
     ] + [f"--set={k}={json.dumps(v)}" for k, v in task_overrides(task, attention, args).items()]
     command += extra
+    if task == "pathfinder":
+        difficulty = getattr(args, "pathfinder_difficulty", "hard")
+        command.append(f"--data_option=difficulty={difficulty}")
     if os.path.exists(model_dir):
         import shutil
 

@@ -58,6 +58,12 @@ flags.DEFINE_enum(
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the training and evaluation steps.")
 flags.DEFINE_bool("export", True, "Export the best model at the end (--noexport to skip).")
 flags.DEFINE_multi_string("set", [], "Override a zoo config key: --set key=value (JSON value).")
+flags.DEFINE_multi_string(
+    "data_option",
+    [],
+    "A task option of lra_keras.data.load: --data_option key=value, e.g. difficulty=easy "
+    "(Pathfinder) or task_name=... (ListOps); a JSON value or a plain string.",
+)
 flags.DEFINE_integer("seed", 0, "Seed of weights, dropout and data order.")
 flags.DEFINE_enum(
     "pretrain",
@@ -178,6 +184,8 @@ def main(argv) -> None:
         raise UserError(f"--strategy {FLAGS.strategy}: {error}") from error
     task, batch = config["task"], config["batch_size"]
 
+    data_options = _data_options(FLAGS.data_option)
+
     def dataset(split):
         return load(
             task,
@@ -186,6 +194,7 @@ def main(argv) -> None:
             batch,
             max_length=config["max_length"],
             seed=FLAGS.seed,
+            **data_options,
         )
 
     def datasets(splits):
@@ -198,6 +207,8 @@ def main(argv) -> None:
     train_data = datasets(["train"])["train"]
     model_fn = functools.partial(build_model_from_config, config)
     run_info = {"seed": FLAGS.seed}
+    if data_options:
+        run_info["data_options"] = data_options  # resuming on other data is refused
     if FLAGS.pretrain != "none":
         pretrained = _pretrain(config, train_data, strategy)
         run_info.update(pretrain=FLAGS.pretrain, pretrain_steps=FLAGS.pretrain_steps)
@@ -249,6 +260,22 @@ def main(argv) -> None:
     print(f"TensorBoard: tensorboard --logdir {os.path.join(FLAGS.model_dir, 'logs')}")
     if FLAGS.export and os.path.isdir(os.path.join(FLAGS.model_dir, "export")):
         print(f"export: {os.path.join(FLAGS.model_dir, 'export')}")
+
+
+def _data_options(pairs: list[str]) -> dict:
+    """`--data_option key=value` flags as keyword arguments of `lra_keras.data.load`."""
+    from lra_keras.errors import UserError
+
+    options = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--data_option must be key=value, got {pair!r}.")
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text  # difficulty=easy: a plain string
+    return options
 
 
 # A preempted run exits as a process ended by SIGTERM would, so that `lra-train ... &&

@@ -363,6 +363,26 @@ def test_efficiency_end_to_end(tmp_path):
             assert r["trace_peak_mib"] == pytest.approx(r["peak_mib"], rel=0.05)
 
 
+def test_accuracy_trains_on_the_pathfinder_difficulty_it_generated(tmp_path):
+    report = accuracy.main(
+        [
+            "--tasks=pathfinder",
+            "--attentions=full",
+            "--steps=2",
+            "--pathfinder_images=40",
+            "--pathfinder_difficulty=easy",
+            f"--out_dir={tmp_path}",
+        ]
+    )
+    assert [r["status"] for r in report["results"]] == ["ok"], report["results"]
+    assert list((tmp_path / "accuracy_data").glob("pathfinder_easy_40/curv_baseline"))
+    config = json.loads(
+        (tmp_path / "accuracy_runs" / "pathfinder_full" / "config.json").read_text()
+    )
+    assert config["run"]["data_options"] == {"difficulty": "easy"}
+    assert "Pathfinder-32 easy images" in (tmp_path / "accuracy.md").read_text()
+
+
 @pytest.mark.slow
 def test_accuracy_end_to_end(tmp_path):
     report = accuracy.main(

@@ -223,6 +223,8 @@ def assert_one_line_error(done, message, prog="lra-train"):
         (["--task", "listops", "--set", "num_layer=3"], "Unknown config key"),
         (["--task", "listops", "--set", "oops"], "--set takes key=value"),
         (["--task", "listops", "--strategy", "gpu"], "strategy"),
+        (["--task", "listops", "--data_option", "oops"], "--data_option must be key=value"),
+        (["--task", "listops", "--data_option", "difficulty=easy"], "Unknown options"),
     ],
 )
 def test_cli_bad_flags_give_clear_errors(tmp_path, flags, message):
