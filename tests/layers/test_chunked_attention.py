@@ -98,10 +98,10 @@ def test_default_chunks_one_tile_path_matches_full(t, s, causal, dropout):
 
 def test_default_chunk_sizes_bound_the_tile():
     limit = kernels.ONE_TILE_MAX_ENTRIES
-    assert kernels.default_chunk_sizes(4096, 4096) == (4096, 4096)
-    assert 4096 * 4096 <= limit < 4096 * 4097
+    assert kernels.default_chunk_sizes(4097, 4097) == (4097, 4097)  # LRA's 4K text + CLS
+    assert 8192 * 4096 <= limit < 8192 * 4097
     chunk = kernels.DEFAULT_CHUNK_SIZE
-    assert kernels.default_chunk_sizes(4096, 4097) == (chunk, chunk)
+    assert kernels.default_chunk_sizes(8192, 4097) == (chunk, chunk)
     assert kernels.default_chunk_sizes(None, 100) == (chunk, chunk)  # unknown length: tiles
     assert kernels.default_chunk_sizes(8, 8, 3, None) == (3, 8)  # a given size is kept
 

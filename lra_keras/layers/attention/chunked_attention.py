@@ -44,7 +44,7 @@ class ChunkedAttention(BaseAttention):
         query_chunk_size: int or None. Queries per chunk. None (default): chosen from the
             length, as `key_chunk_size`.
         key_chunk_size: int or None. Keys per chunk. None (default): one tile when the
-            static lengths give at most 4096 x 4096 scores per head (as fast as `full`; the
+            static lengths give at most 8192 x 4096 scores per head (as fast as `full`; the
             tiled backward recomputes the scores), else 512 (a score tile that stays in cache),
             so the working set is bounded at any length (`chunked_attention.default_chunk_sizes`,
             measured by `benchmarks.chunked_tiles`).

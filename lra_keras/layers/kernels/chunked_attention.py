@@ -202,11 +202,12 @@ def chunked_attention_reference(
 # The default tiling, chosen from the length (measured on the TensorFlow kernel, 2 CPU cores,
 # 4 heads x 64, forward+backward; `benchmarks.chunked_tiles` repeats it): a call whose scores
 # fit in ONE_TILE_MAX_ENTRIES per (batch, head) runs as one dense tile, as fast as `full`
-# (the tiled kernel's recomputing backward costs it 15-20% more); longer ones run in tiles of
-# DEFAULT_CHUNK_SIZE, whose 1 MiB score tile per head stays in cache (512-tiles: 1.19x of
-# dense at 4K, 1024-tiles 1.28x). The bound makes the working set at most 64 MiB per
-# (batch, head) at any length, so memory stays O(L).
-ONE_TILE_MAX_ENTRIES = 4096 * 4096
+# (the tiled kernel's recomputing backward, 7 products instead of 6, costs it 15-25% on 2
+# cores); longer ones run in tiles of DEFAULT_CHUNK_SIZE, whose 1 MiB score tile per head stays
+# in cache (on one core, 512-tiles ran at 1.11x of dense at 4K, 1024-tiles at 1.36x). The bound
+# (8192 x 4096 entries, 128 MiB in float32: the LRA text model's 4K + CLS fits it) caps the
+# working set per (batch, head) at any length, so memory stays O(L).
+ONE_TILE_MAX_ENTRIES = 8192 * 4096
 DEFAULT_CHUNK_SIZE = 512
 
 
