@@ -25,6 +25,7 @@ from lra_keras.layers.attention.set_attention import SetAttention
 from lra_keras.layers.attention.sinkhorn_attention import SinkhornAttention
 from lra_keras.layers.attention.sparse_attention import SparseAttention
 from lra_keras.layers.attention.synthesizer_attention import SynthesizerAttention
+from lra_keras.layers.attention.token_mixer import TokenMixer
 from lra_keras.layers.encoder.lra_encoder import LRAEncoder
 from lra_keras.layers.encoder.position_embedding import PositionEmbedding
 from lra_keras.layers.encoder.rotary_embedding import RotaryEmbedding
@@ -67,6 +68,7 @@ __all__ = [
     "SinusoidalPositionEmbedding",
     "SparseAttention",
     "SynthesizerAttention",
+    "TokenMixer",
     "TransformerEncoderBlock",
     "TransformerXLBlock",
     "get_attention",

@@ -102,6 +102,19 @@ def zero_padded(x, mask):
     return ops.where(mask, x, ops.zeros((), x.dtype))
 
 
+def merge_masks(*masks):
+    """The logical AND of the boolean masks that are not None; None when all are None.
+
+    MultiHeadAttention merges its padding masks this way: a position is real only if every
+    mask that was given says so.
+    """
+    merged = None
+    for mask in masks:
+        if mask is not None:
+            merged = mask if merged is None else ops.logical_and(merged, mask)
+    return merged
+
+
 def clone_initializer(initializer, offset: int):
     """A fresh copy of `initializer` with its seed (if any) moved by `offset`.
 

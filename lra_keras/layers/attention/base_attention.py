@@ -18,8 +18,8 @@ _REFUSED_MHA_ARGUMENTS = {
 _REFUSED_DEFAULTS = {"attention_axes": None, "flash_attention": None, "sliding_window": None}
 
 
-# Module-level so that layers with the same interface but not this base (the `fnet` token mixer)
-# raise the same errors.
+# Module-level so that layers with the same interface but not this base (the token mixers:
+# `TokenMixer`) raise the same errors.
 def refuse_mha_arguments(layer_name: str, kwargs: dict) -> None:
     """Pops the MultiHeadAttention arguments this contract refuses from `kwargs`.
 
@@ -120,6 +120,26 @@ def check_float_inputs(layer, **tensors) -> None:
             )
 
 
+def set_mha_attributes(layer, arguments: dict) -> None:
+    """Stores MultiHeadAttention's constructor arguments on `layer`, as `mha_config` reads them.
+
+    `arguments` is the constructor's `locals()`: the dropout, bias, output shape, initializer,
+    regularizer, constraint and seed arguments are taken from it by name, so that every layer
+    with this interface keeps them as the same attributes (`num_heads`, `key_dim` and
+    `value_dim`, whose defaults differ, stay the caller's).
+    """
+    layer.dropout = float(arguments["dropout"])
+    layer.use_bias = arguments["use_bias"]
+    layer._output_shape = arguments["output_shape"]
+    layer.kernel_initializer = keras.initializers.get(arguments["kernel_initializer"])
+    layer.bias_initializer = keras.initializers.get(arguments["bias_initializer"])
+    layer.kernel_regularizer = keras.regularizers.get(arguments["kernel_regularizer"])
+    layer.bias_regularizer = keras.regularizers.get(arguments["bias_regularizer"])
+    layer.kernel_constraint = keras.constraints.get(arguments["kernel_constraint"])
+    layer.bias_constraint = keras.constraints.get(arguments["bias_constraint"])
+    layer.seed = arguments["seed"]
+
+
 def mha_config(layer) -> dict:
     """The MultiHeadAttention constructor arguments of `layer`, serialised for `get_config`."""
     return {
@@ -156,6 +176,25 @@ def check_padding_mask(layer_name: str, arg: str, mask, batch_and_length):
                 f"not match the input's [batch, length] = {tuple(batch_and_length)}."
             )
     return ops.cast(mask, "bool")
+
+
+def check_inputs_and_masks(layer, inputs: tuple, masks: tuple) -> tuple:
+    """Validates `(query, value, key)` and their padding masks before anything is computed.
+
+    Floating inputs, their shapes (`layer._check_shapes`), then each `[batch, length]` mask
+    against its input. Returns `(query_mask, value_mask, key_mask)` cast to bool (None stays
+    None).
+    """
+    query, value, key = inputs
+    check_float_inputs(layer, query=query, value=value, key=key)
+    layer._check_shapes(query.shape, value.shape, key.shape)
+    name = type(layer).__name__
+    return tuple(
+        check_padding_mask(name, arg, mask, x.shape[:2])
+        for arg, mask, x in zip(
+            ("query_mask", "value_mask", "key_mask"), masks, inputs, strict=True
+        )
+    )
 
 
 @keras.saving.register_keras_serializable(package="lra_keras")
@@ -284,16 +323,7 @@ class BaseAttention(keras.layers.Layer):
         check_attention_dropout(self, dropout)
         self.supports_masking = True
         self.value_dim = self.key_dim if value_dim is None else value_dim
-        self.dropout = float(dropout)
-        self.use_bias = use_bias
-        self._output_shape = output_shape
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.seed = seed
+        set_mha_attributes(self, locals())
         self.seed_generator = keras.random.SeedGenerator(seed)
         self._dropout_layer = keras.layers.Dropout(
             rate=self.dropout, seed=seed, dtype=self.dtype_policy
@@ -427,9 +457,6 @@ class BaseAttention(keras.layers.Layer):
             "keras.Input((length, dim))."
         )
 
-    def _check_mask(self, arg: str, mask, batch_and_length):
-        return check_padding_mask(type(self).__name__, arg, mask, batch_and_length)
-
     # ------------------------------------------------------------------ call
 
     def call(
@@ -448,27 +475,22 @@ class BaseAttention(keras.layers.Layer):
         key_is_value = key is None or key is value
         if key is None:
             key = value
-        check_float_inputs(self, query=query, value=value, key=key)
-        self._check_shapes(query.shape, value.shape, key.shape)
+        query_mask, value_mask, key_mask = check_inputs_and_masks(
+            self, (query, value, key), (query_mask, value_mask, key_mask)
+        )
+        check_call_capabilities(self, use_causal_mask, attention_mask, return_attention_scores)
         # Keras fills `query_mask`/`value_mask`/`key_mask` from the inputs' implicit masks
         # (`Embedding(mask_zero=True)`) in `__call__`, as for MultiHeadAttention. The masks are
         # consumed here, so the projections get unmasked copies (they do not support masking).
         query = attention_utils.without_keras_mask(query)
         value = attention_utils.without_keras_mask(value)
         key = value if key_is_value else attention_utils.without_keras_mask(key)
-        query_mask = self._check_mask("query_mask", query_mask, query.shape[:2])
-        value_mask = self._check_mask("value_mask", value_mask, value.shape[:2])
-        key_mask = self._check_mask("key_mask", key_mask, key.shape[:2])
-        check_call_capabilities(self, use_causal_mask, attention_mask, return_attention_scores)
 
         if 0 in (query.shape[0], query.shape[1], value.shape[1]):
             return self._empty_result(query, value, return_attention_scores)
         if query_mask is None:
             query_mask = ops.ones_like(query[..., 0], dtype="bool")
-        kv_mask = None
-        for m in (value_mask, key_mask):
-            if m is not None:
-                kv_mask = m if kv_mask is None else ops.logical_and(kv_mask, m)
+        kv_mask = attention_utils.merge_masks(value_mask, key_mask)
         if kv_mask is None:
             kv_mask = ops.ones_like(value[..., 0], dtype="bool")
 

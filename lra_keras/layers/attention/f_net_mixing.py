@@ -8,27 +8,19 @@ import keras
 from keras import ops
 
 from lra_keras.layers.attention import attention_utils
-from lra_keras.layers.attention.base_attention import (
-    check_attention_dropout,
-    check_call_capabilities,
-    check_float_inputs,
-    check_input_shapes,
-    check_padding_mask,
-    mha_config,
-    refuse_mha_arguments,
-    refuse_rotary,
-)
 from lra_keras.layers.attention.registry import register_attention
+from lra_keras.layers.attention.token_mixer import TokenMixer
 
 
 @register_attention("fnet")
 @keras.saving.register_keras_serializable(package="lra_keras")
-class FNetMixing(keras.layers.Layer):
+class FNetMixing(TokenMixer):
     """FNet's Fourier sublayer: `Y = Re(FFT_seq(FFT_hidden(X)))`, with no parameters.
 
     A token mixer rather than an attention: nothing is projected and the layer has no weights.
-    It still has `BaseAttention`'s constructor, call signature and capability attributes, so
-    `get_attention("fnet", ...)`, the encoder block and the zoo build it like any variant.
+    As a `TokenMixer` it still has `BaseAttention`'s constructor, call signature and capability
+    attributes, so `get_attention("fnet", ...)`, the encoder block and the zoo build it like any
+    variant.
     MultiHeadAttention's constructor arguments (`num_heads`, `key_dim`, `value_dim`, `dropout`,
     `use_bias`, the initializers, regularizers and constraints, `seed`) are accepted and kept as
     attributes for that uniformity, but unused: there is no projection and no probability tensor,
@@ -95,107 +87,15 @@ class FNetMixing(keras.layers.Layer):
     # The registry name, set by `register_attention`.
     attention_name = "fnet"
 
-    def __init__(
-        self,
-        num_heads: int | None = None,
-        key_dim: int | None = None,
-        value_dim: int | None = None,
-        dropout: float = 0.0,
-        use_bias: bool = True,
-        output_shape=None,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        seed: int | None = None,
-        **kwargs,
-    ):
-        refuse_mha_arguments(type(self).__name__, kwargs)
-        refuse_rotary(self, kwargs)
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        check_attention_dropout(self, dropout)
-        self.supports_masking = True
-        name = type(self).__name__
-        self.num_heads = attention_utils.checked_int(num_heads, "num_heads", name, allow_none=True)
-        self.key_dim = attention_utils.checked_int(key_dim, "key_dim", name, allow_none=True)
-        self.value_dim = attention_utils.checked_int(value_dim, "value_dim", name, allow_none=True)
-        self.dropout = float(dropout)
-        self.use_bias = use_bias
-        self._output_shape = output_shape
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.seed = seed
-        self._input_dim = None
-
-    @property
-    def output_shape(self):
-        return self._output_shape
-
-    def _check_shapes(self, query_shape, value_shape, key_shape):
-        check_input_shapes(self, query_shape, value_shape, key_shape)
-        dim = query_shape[-1]
-        if self._output_shape is not None and dim is not None:
-            out = self._output_shape
-            out = (out,) if isinstance(out, int) else tuple(out)
-            if out != (dim,):
-                raise ValueError(
-                    f"{type(self).__name__}: `output_shape` must equal the input's last "
-                    f"dimension ({dim}) or be None (a Fourier transform keeps the width), "
-                    f"got {self._output_shape!r}."
-                )
-
-    def build(self, query_shape, value_shape, key_shape=None):
-        key_shape = value_shape if key_shape is None else key_shape
-        self._check_shapes(query_shape, value_shape, key_shape)
-        self._input_dim = query_shape[-1]
-        self.built = True
-
-    def call(
-        self,
-        query,
-        value,
-        key=None,
-        query_mask=None,
-        value_mask=None,
-        key_mask=None,
-        attention_mask=None,
-        return_attention_scores=False,
-        training=None,
-        use_causal_mask=False,
-    ):
-        del training
-        key = value if key is None else key
-        check_float_inputs(self, query=query, value=value, key=key)
-        self._check_shapes(query.shape, value.shape, key.shape)
-        name = type(self).__name__
-        masks = [
-            check_padding_mask(name, "query_mask", query_mask, query.shape[:2]),
-            check_padding_mask(name, "value_mask", value_mask, value.shape[:2]),
-            check_padding_mask(name, "key_mask", key_mask, key.shape[:2]),
-        ]
-        check_call_capabilities(self, use_causal_mask, attention_mask, return_attention_scores)
-        mask = None
-        for m in masks:
-            if m is not None:
-                mask = m if mask is None else ops.logical_and(mask, m)
-
-        x = attention_utils.to_float32(query)
+    def _mix(self, x, mask, causal: bool, training):
+        del causal, training
+        x = attention_utils.to_float32(x)
         if mask is not None:
             x = ops.where(mask[..., None], x, 0.0)
         real, _ = ops.fft2((x, ops.zeros_like(x)))
         if mask is not None:
             real = ops.where(mask[..., None], real, 0.0)
         return ops.cast(real, self.compute_dtype)
-
-    def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
-        return tuple(query_shape)
 
     def projection_flops(self, batch: int, query_length: int, key_length: int) -> int:
         """No projections: 0."""
@@ -207,25 +107,5 @@ class FNetMixing(keras.layers.Layer):
     ) -> int:
         """A complex 2D FFT of N = L * dim points per example: 5 N log2 N FLOPs."""
         del key_length, causal
-        dim = self._input_dim
-        if dim is None and self.num_heads is not None and self.key_dim is not None:
-            dim = self.num_heads * self.key_dim
-        if dim is None:
-            raise ValueError(
-                f"{type(self).__name__}.attention_flops needs the input width: build the layer "
-                "first, or construct it with `num_heads` and `key_dim`."
-            )
-        n = query_length * int(dim)
+        n = query_length * self._width("attention_flops")
         return int(batch * 5 * n * math.log2(n)) if n > 1 else 0
-
-    def load_mha_weights(self, other) -> None:
-        """Not applicable: FNet has no projections to load."""
-        raise ValueError(
-            f"{type(self).__name__} has no projections: `load_mha_weights` does not apply to "
-            "the `fnet` token mixer."
-        )
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(mha_config(self))
-        return config

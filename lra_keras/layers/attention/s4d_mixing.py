@@ -8,17 +8,9 @@ import keras
 from keras import ops
 
 from lra_keras.layers.attention import attention_utils
-from lra_keras.layers.attention.base_attention import (
-    BaseAttention,
-    capability_error,
-    check_call_capabilities,
-    check_float_inputs,
-    check_padding_mask,
-    mha_config,
-    refuse_mha_arguments,
-    refuse_rotary,
-)
+from lra_keras.layers.attention.base_attention import BaseAttention
 from lra_keras.layers.attention.registry import register_attention
+from lra_keras.layers.attention.token_mixer import TokenMixer
 
 INITS = ("lin", "inv")
 ACTIVATIONS = ("gelu", "relu", "silu", "tanh", "linear")
@@ -34,7 +26,7 @@ def _ceil_div(a, b):
 
 @register_attention("s4d")
 @keras.saving.register_keras_serializable(package="lra_keras")
-class S4DMixing(keras.layers.Layer):
+class S4DMixing(TokenMixer):
     """S4D: per channel a diagonal complex state-space model, as a length-L convolution.
 
     For each of the `dim` channels h, a state `x` of `state_dim / 2` complex modes (the other
@@ -56,7 +48,7 @@ class S4DMixing(keras.layers.Layer):
     (complex dtypes are uneven across Keras backends); the kernel and FFTs run in float32
     under any dtype policy.
 
-    A token mixer, not a `BaseAttention`: there are no queries, keys or heads. It has the
+    A `TokenMixer`, not a `BaseAttention`: there are no queries, keys or heads. It has the
     attention call signature and capability attributes so that `get_attention("s4d", ...)`,
     the encoder block and the zoo build it like any variant. `num_heads`, `key_dim`,
     `value_dim`, `use_bias`, `bias_*` are accepted for that uniformity and kept as attributes;
@@ -148,20 +140,7 @@ class S4DMixing(keras.layers.Layer):
 
     def __init__(
         self,
-        num_heads: int | None = None,
-        key_dim: int | None = None,
-        value_dim: int | None = None,
-        dropout: float = 0.0,
-        use_bias: bool = True,
-        output_shape=None,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        seed: int | None = None,
+        *args,
         state_dim: int = 64,
         bidirectional: bool = True,
         init: str = "lin",
@@ -172,16 +151,9 @@ class S4DMixing(keras.layers.Layer):
         ssm_learning_rate: float | None = 0.001,
         **kwargs,
     ):
-        refuse_mha_arguments(type(self).__name__, kwargs)
-        refuse_rotary(self, kwargs)
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        # MultiHeadAttention's arguments, positional or not, are the base's.
+        super().__init__(*args, **kwargs)
         name = type(self).__name__
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"{name}: `dropout` must be in [0, 1), got {dropout!r}.")
-        self.supports_masking = True
-        self.num_heads = attention_utils.checked_int(num_heads, "num_heads", name, allow_none=True)
-        self.key_dim = attention_utils.checked_int(key_dim, "key_dim", name, allow_none=True)
-        self.value_dim = attention_utils.checked_int(value_dim, "value_dim", name, allow_none=True)
         self.state_dim = attention_utils.checked_int(state_dim, "state_dim", name)
         if self.state_dim % 2:
             raise ValueError(
@@ -203,16 +175,6 @@ class S4DMixing(keras.layers.Layer):
             raise ValueError(
                 f"{name}: `ssm_learning_rate` must be None or > 0, got {ssm_learning_rate!r}."
             )
-        self.dropout = float(dropout)
-        self.use_bias = use_bias
-        self._output_shape = output_shape
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.seed = seed
         self.bidirectional = bool(bidirectional)
         self.init = init
         self.dt_min = float(dt_min)
@@ -220,48 +182,19 @@ class S4DMixing(keras.layers.Layer):
         self.activation = activation
         self.gated_output = bool(gated_output)
         self.ssm_learning_rate = None if ssm_learning_rate is None else float(ssm_learning_rate)
-        self._input_dim = None
         self._dropout_layer = keras.layers.Dropout(
-            rate=self.dropout, seed=seed, dtype=self.dtype_policy
+            rate=self.dropout, seed=self.seed, dtype=self.dtype_policy
         )
-
-    @property
-    def output_shape(self):
-        return self._output_shape
 
     # ------------------------------------------------------------------ build
 
     def _check_shapes(self, query_shape, value_shape, key_shape):
-        for arg, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
-            if len(shape) != 3:
-                raise ValueError(
-                    f"{type(self).__name__}: `{arg}` must have shape [batch, length, dim], "
-                    f"got shape {tuple(shape)}."
-                )
-        t = query_shape[1]
-        for s in (value_shape[1], key_shape[1]):
-            if t is not None and s is not None and t != s:
-                raise capability_error(
-                    self,
-                    "cross-attention",
-                    f"query length {t} differs from key/value length {s}; it mixes the "
-                    "tokens of one sequence.",
-                )
-        dim = query_shape[-1]
-        if dim is None:
+        super()._check_shapes(query_shape, value_shape, key_shape)
+        if query_shape[-1] is None:
             raise ValueError(
                 f"{type(self).__name__}: the input's last dimension must be known, got shape "
                 f"{tuple(query_shape)}."
             )
-        if self._output_shape is not None:
-            out = self._output_shape
-            out = (out,) if isinstance(out, int) else tuple(out)
-            if out != (dim,):
-                raise ValueError(
-                    f"{type(self).__name__}: `output_shape` must equal the input's last "
-                    f"dimension ({dim}) or be None (a per-channel convolution keeps the "
-                    f"width), got {self._output_shape!r}."
-                )
 
     def _seeded(self, initializer):
         """`initializer` with its own seed (base seed + a per-weight offset), if seeded."""
@@ -281,12 +214,7 @@ class S4DMixing(keras.layers.Layer):
             values = big_n / math.pi * (big_n / (2.0 * n + 1.0) - 1.0)
         return ops.cast(ops.broadcast_to(values, shape), dtype or "float32")
 
-    def build(self, query_shape, value_shape=None, key_shape=None):
-        value_shape = query_shape if value_shape is None else value_shape
-        key_shape = value_shape if key_shape is None else key_shape
-        self._check_shapes(query_shape, value_shape, key_shape)
-        dim = int(query_shape[-1])
-        self._input_dim = dim
+    def _build_mixer(self, dim):
         modes = self.state_dim // 2
         directions = 2 if self.bidirectional else 1
         # The state-space parameters stay float32 under any policy (autocast=False): exp(dt A l)
@@ -354,7 +282,6 @@ class S4DMixing(keras.layers.Layer):
             **sublayer,
         )
         self._output_dense.build((None, None, dim))
-        self.built = True
 
     @property
     def state_space_variables(self) -> list:
@@ -414,42 +341,15 @@ class S4DMixing(keras.layers.Layer):
 
     # ------------------------------------------------------------------ call
 
-    def call(
-        self,
-        query,
-        value,
-        key=None,
-        query_mask=None,
-        value_mask=None,
-        key_mask=None,
-        attention_mask=None,
-        return_attention_scores=False,
-        training=None,
-        use_causal_mask=False,
-    ):
-        key = value if key is None else key
-        check_float_inputs(self, query=query, value=value, key=key)
-        self._check_shapes(query.shape, value.shape, key.shape)
-        name = type(self).__name__
-        masks = [
-            check_padding_mask(name, "query_mask", query_mask, query.shape[:2]),
-            check_padding_mask(name, "value_mask", value_mask, value.shape[:2]),
-            check_padding_mask(name, "key_mask", key_mask, key.shape[:2]),
-        ]
-        check_call_capabilities(self, use_causal_mask, attention_mask, return_attention_scores)
-        if 0 in tuple(query.shape[:2]):
+    def _mix(self, x, mask, causal: bool, training):
+        if 0 in tuple(x.shape[:2]):
             # Nothing to mix (an FFT of size 0 does not lower on XLA): the empty output.
-            return ops.zeros(tuple(query.shape), self.compute_dtype)
-        mask = None
-        for m in masks:
-            if m is not None:
-                mask = m if mask is None else ops.logical_and(mask, m)
-
-        u = attention_utils.to_float32(query)
+            return ops.zeros(tuple(x.shape), self.compute_dtype)
+        u = attention_utils.to_float32(x)
         if mask is not None:
             u = attention_utils.zero_padded(u, mask)
         length = ops.shape(u)[1]
-        y = self._convolve(ops.transpose(u, (0, 2, 1)), length, causal=bool(use_causal_mask))
+        y = self._convolve(ops.transpose(u, (0, 2, 1)), length, causal=causal)
         y = ops.transpose(y, (0, 2, 1)) + u * self.d_skip
         if self.activation == "gelu":
             y = ops.gelu(y, approximate=False)
@@ -480,21 +380,7 @@ class S4DMixing(keras.layers.Layer):
         y = ops.irfft(_complex_mul(u_re, u_im, k_re, k_im))
         return y[..., :length]
 
-    def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
-        return tuple(query_shape)
-
     # ------------------------------------------------------------------ cost
-
-    def _width(self, method: str) -> int:
-        dim = self._input_dim
-        if dim is None and self.num_heads is not None and self.key_dim is not None:
-            dim = self.num_heads * self.key_dim
-        if dim is None:
-            raise ValueError(
-                f"{type(self).__name__}.{method} needs the input width: build the layer first, "
-                "or construct it with `num_heads` and `key_dim`."
-            )
-        return int(dim)
 
     def projection_flops(self, batch: int, query_length: int, key_length: int) -> int:
         """The output projection: 2 L dim (2 dim or dim) per example."""
@@ -515,16 +401,8 @@ class S4DMixing(keras.layers.Layer):
         fft = int(2.5 * n * math.log2(n)) if n > 1 else 0
         return int(kernel + batch * dim * (3 * fft + 6 * (query_length + 1)))
 
-    def load_mha_weights(self, other) -> None:
-        """Not applicable: S4D has no query/key/value projections."""
-        raise ValueError(
-            f"{type(self).__name__} has no attention projections: `load_mha_weights` does not "
-            "apply to the `s4d` token mixer."
-        )
-
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(mha_config(self))
         config.update(
             {
                 "state_dim": self.state_dim,
