@@ -20,7 +20,7 @@ gives it blocks of 16.
 Pathfinder-32 (`--tasks pathfinder`) trains the `tiny` preset for 150 steps: at that budget it
 stays near chance for every variant, so it shows that each variant trains on images, not which
 one learns them. Longer runs stayed at chance too (`full`, `tiny`, 10000 generated images, batch
-32): 1500 steps on the hard set (LRA's) and 1500 steps on the easy one (`--pathfinder_difficulty
+32): 1500 steps on the hard set (LRA's) and 2000 steps on the easy one (`--pathfinder_difficulty
 easy`, contour length 6), validation accuracy 0.47-0.51 and training loss 0.69 throughout.
 
     python -m benchmarks.accuracy [--tasks listops,pathfinder] [--attentions table2|all|a,b]
