@@ -101,8 +101,9 @@ def test_default_chunk_sizes_bound_the_tile():
     assert kernels.default_chunk_sizes(4097, 4097) == (4097, 4097)  # LRA's 4K text + CLS
     assert 8192 * 4096 <= limit < 8192 * 4097
     chunk = kernels.DEFAULT_CHUNK_SIZE
-    assert kernels.default_chunk_sizes(8192, 4097) == (chunk, chunk)
-    assert kernels.default_chunk_sizes(None, 100) == (chunk, chunk)  # unknown length: tiles
+    assert kernels.default_chunk_sizes(8192, 4097) == (chunk, 456)  # 9 equal chunks of 4097
+    assert kernels.default_chunk_sizes(8193, 8193) == (482, 482)  # 8K + CLS: 17 chunks
+    assert kernels.default_chunk_sizes(None, 100) == (chunk, 100)  # unknown length: tiles
     assert kernels.default_chunk_sizes(8, 8, 3, None) == (3, 8)  # a given size is kept
 
 
