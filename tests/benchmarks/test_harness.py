@@ -488,3 +488,26 @@ def test_accuracy_recipes_share_one_budget(monkeypatch, tmp_path):
     )
     assert "| full |" in text and "| full (rotary) |" in text
     assert "| full (rotary+pretrain) |" in text and "equal total steps" in text
+
+
+def test_pathfinder_control_reads_the_accuracy_benchmarks_images(tmp_path):
+    from benchmarks import pathfinder_control
+
+    output = tmp_path / "control.json"
+    rows = pathfinder_control.main(
+        [
+            "--images=40",
+            "--steps=3",
+            "--eval_every=2",
+            "--batch_size=4",
+            f"--data_dir={tmp_path}",
+            f"--output={output}",
+        ]
+    )
+    assert [r["step"] for r in rows] == [2, 3]
+    assert all(0.0 <= r["validation_accuracy"] <= 1.0 for r in rows)
+    assert json.loads(output.read_text())["evaluations"] == rows
+    # The same folder `benchmarks.accuracy --pathfinder_difficulty easy` trains on.
+    assert (tmp_path / "pathfinder_easy_40" / ".complete").exists()
+    with pytest.raises(SystemExit):
+        pathfinder_control.main(["--images=5"])
