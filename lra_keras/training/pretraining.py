@@ -7,7 +7,7 @@ import os
 import keras
 import tensorflow as tf
 
-from lra_keras.training.pretraining_data import pretraining_dataset
+from lra_keras.training.pretraining_data import MASK_TOKENS, pretraining_dataset
 from lra_keras.zoo.pretraining import build_pretraining_model, check_pretraining
 
 # The pretraining phase's run folder inside the task run's `model_dir`.
@@ -54,6 +54,7 @@ def pretrain_encoder(
         vocab_size=config["vocab_size"],
         mask_padding=config["mask_padding"],
         seed=seed,
+        mask_token=MASK_TOKENS.get(config["task"]),
     )
     trainer = Trainer(
         lambda: build_pretraining_model(config, objective),

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from lra_keras.training import objectives
 from lra_keras.training.pretraining_data import (
+    MASK_TOKENS,
     masked_denoising,
     next_token_targets,
     pretraining_dataset,
@@ -50,6 +51,48 @@ def test_masked_denoising_corrupts_real_tokens_only_and_keeps_originals_as_targe
     assert 0.8 < changed < 0.95  # 90% replaced, a few by the same token
     assert corrupted.min() >= 0 and corrupted.max() < 50
     assert (corrupted[selected] != 0).all()  # never the padding id
+
+
+def test_masked_denoising_with_a_mask_token_splits_80_10_10():
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(1, 16, size=(256, 64)).astype("int32")  # never 16, the [MASK] id
+    tokens[:, 50:] = 0
+    corrupted, targets = masked_denoising(
+        tf.constant(tokens),
+        tf.constant([5, 6]),
+        vocab_size=17,
+        mask_padding=True,
+        rate=0.15,
+        mask_token=16,
+    )
+    corrupted, targets = corrupted.numpy(), targets.numpy()
+    selected = targets != IGNORE_LABEL
+    np.testing.assert_array_equal(targets[selected], tokens[selected])
+    np.testing.assert_array_equal(corrupted[~selected], tokens[~selected])
+    assert not selected[:, 50:].any() and (corrupted[:, 50:] == 0).all()
+    masked = (corrupted == 16)[selected].mean()
+    kept = (corrupted == tokens)[selected].mean()
+    assert 0.76 < masked < 0.84  # [MASK]
+    assert 0.09 < kept < 0.17  # kept: 10%, plus random draws of the same token
+    assert (corrupted[~selected] != 16).all()
+
+
+def test_listops_pretraining_masks_with_an_id_its_data_never_holds(tmp_path):
+    from lra_keras.data import load, write_listops
+
+    write_listops(
+        str(tmp_path), num_train=64, num_val=8, num_test=8, seed=3, min_length=20, max_length=64
+    )
+    train = load("listops", "train", str(tmp_path), 16, max_length=64)
+    mask = MASK_TOKENS["listops"]
+    assert all((f["tokens"].numpy() != mask).all() for f, _ in train)
+    masked = pretraining_dataset(
+        train, "masked", vocab_size=17, mask_padding=True, mask_token=mask, rate=0.3
+    )
+    assert any((f["tokens"].numpy() == mask).any() for f, _ in masked)
+    for bad in (0, 17):
+        with pytest.raises(ValueError, match="mask_token"):
+            pretraining_dataset(train, "masked", vocab_size=17, mask_padding=True, mask_token=bad)
 
 
 def test_next_token_targets_shift_and_stop_at_padding():
