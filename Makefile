@@ -3,6 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist), one per core up to 4: the tests are tiny graphs whose time
+# goes to Python and graph building, which one process runs on one core; each process holds its
+# own TensorFlow, hence the cap. `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 # The backend-neutral suites that also run on Keras's JAX backend (JAX's CPU wheel): the
 # contract over every registered name, the chunked kernels and the task models. (The byte-LM
 # tests stay TensorFlow-only here for time: its layers are in the contract suite.)
@@ -27,16 +31,16 @@ format: install
 	$(VENV)/bin/ruff format .
 
 test: install lint
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-jax
 
 # The layer contract, chunked and zoo suites again under KERAS_BACKEND=jax (TensorFlow-only
 # tests skip themselves there, with the reason).
 test-jax: install
-	KERAS_BACKEND=jax $(PY) -m pytest -m "not slow" $(JAX_TESTS) $(PYTEST_ARGS)
+	KERAS_BACKEND=jax $(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" $(JAX_TESTS) $(PYTEST_ARGS)
 
 test-all: install lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 demo: install
 	bash scripts/demo.sh
