@@ -103,7 +103,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--data_dir", default=os.path.join("results", "accuracy_data"))
     parser.add_argument("--output", default=os.path.join("results", "pathfinder_control.json"))
     args = parser.parse_args(argv)
-    for key in ("images", "steps", "eval_every", "batch_size"):
+    for key in ("steps", "eval_every", "batch_size"):
         if getattr(args, key) < 1:
             parser.error(f"--{key} must be >= 1, got {getattr(args, key)}")
     if args.images < 10:

@@ -91,7 +91,7 @@ def test_default_device_is_cpu_without_gpu():
     assert profiling.default_device() == expected
 
 
-def test_measure_steps_per_second(monkeypatch):
+def test_measure_steps_per_second_arithmetic_on_a_fake_clock(monkeypatch):
     # A fake clock (not a wall-clock assertion): each step advances it by a known duration,
     # so the statistics are checked exactly and nothing depends on this machine's speed.
     now = [0.0]
