@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import threading
 
 import numpy as np
@@ -180,8 +181,12 @@ def out_of_memory_as_user_error(where: str):
     except Exception as error:
         if not is_out_of_memory(error):
             raise
-        detail = " ".join(str(error).split())
-        detail = detail[:160] + ("..." if len(detail) > 160 else "")
+        text = " ".join(str(getattr(error, "message", None) or error).split())
+        # TensorFlow prefixes the allocation that failed with the graph's traceback.
+        found = re.search(
+            r"(OOM when allocating tensor with shape\[[^\]]*\]( and type \w+)?)", text
+        )
+        detail = found.group(1) if found else text[:160] + ("..." if len(text) > 160 else "")
         raise UserError(
             f"out of memory {where}: the configuration does not fit ({detail}). Lower the "
             "batch size (--batch_size), the sequence length (--set max_length=...) or the "

@@ -17,7 +17,7 @@ from absl.testing import flagsaver
 
 from lra_keras.errors import UserError
 from lra_keras.export import cli
-from lra_keras.export.saved_model import EXPORT_MARKER, remove_unfinished_exports
+from lra_keras.export.saved_model import EXPORT_MARKER
 from lra_keras.zoo import build_model_from_config, get_config
 
 
@@ -97,6 +97,8 @@ def test_a_damaged_run_is_one_line_naming_the_file(run_dir, tmp_path, damage):
 
 
 def test_unfinished_exports_of_dead_writers_are_removed(tmp_path):
+    from lra_keras.export.saved_model import remove_unfinished_exports
+
     target = tmp_path / "export"
     dead = tmp_path / f".export.partial-{dead_pid()}-x1"
     live = tmp_path / f".export.partial-{os.getpid()}-x2"
