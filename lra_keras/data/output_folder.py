@@ -103,12 +103,14 @@ def check_complete(folder: str) -> None:
             marker = json.load(f)
         complete = marker.get("complete", True) is True  # markers before the flag: complete
         generator = str(marker.get("generator", "lra-data"))
+        why = f"its {MARKER} says complete: false"
     except (OSError, ValueError, AttributeError):
-        complete, generator = False, "lra-data"
+        complete, generator = False, "lra-data listops` or `lra-data pathfinder"
+        why = f"its {MARKER} cannot be read, cut short"
     if not complete:
         raise UserError(
             f"The data folder {folder} is incomplete: the `{generator}` run that wrote it "
-            f"stopped before it finished (its {MARKER} says complete: false). Regenerate it: "
+            f"stopped before it finished ({why}). Regenerate it: "
             f"rerun `{generator}` with the same arguments and --overwrite."
         )
 
