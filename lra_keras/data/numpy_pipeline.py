@@ -56,8 +56,16 @@ class NumpyDataset:
     epoch), and `start` skips that many batches, so `(epoch, batch index)` resumes exactly.
     """
 
-    def __init__(self, reader, num_examples: int, batch_size: int, drop_remainder: bool,
-                 element_spec: dict, shuffle: bool, seed: int):  # fmt: skip
+    def __init__(
+        self,
+        reader,
+        num_examples: int,
+        batch_size: int,
+        drop_remainder: bool,
+        element_spec: dict,
+        shuffle: bool,
+        seed: int,
+    ):
         self._reader = reader
         self.num_examples = num_examples
         self.batch_size = batch_size
