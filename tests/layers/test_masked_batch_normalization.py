@@ -86,6 +86,7 @@ def test_a_fully_padded_batch_is_finite_and_leaves_the_statistics():
     y = np.asarray(bn(x, mask=np.zeros(x.shape[:2], bool), training=True))
     assert np.all(np.isfinite(y))
     np.testing.assert_array_equal(np.asarray(bn.moving_mean), 0.0)
+    np.testing.assert_array_equal(np.asarray(bn.moving_variance), 1.0)
 
 
 def test_keras_batch_normalization_masked_moments_agree():
