@@ -166,3 +166,13 @@ def test_s4d_lra_preset_now_applies_batch_norm_and_pixel_encoding():
     assert get_config("text", "s4d", "lra")["input_encoding"] == "embedding"
     # `small` and every other variant keep their settings.
     assert get_config("image", "full", "lra")["norm"] == "layer"
+
+
+def test_runs_saved_before_the_recipe_keys_still_resume():
+    from lra_keras.training.run_state import config_differences
+
+    new = get_config("text", "full", "tiny")
+    old = {k: v for k, v in new.items() if k not in ("norm", "input_encoding", "no_weight_decay")}
+    assert config_differences(old, new) == []
+    changed = get_config("text", "full", "tiny", no_weight_decay=["bias"])
+    assert config_differences(old, changed) == ['no_weight_decay: (unset) -> ["bias"]']
