@@ -55,7 +55,9 @@ class RoutingAttention(BaseAttention):
     counts go through two non-trainable scratch weights (`centroid_sums`, `centroid_counts`)
     with `aggregation="sum"`, so under `tf.distribute` each replica assigns its local sums,
     reads back the sums over all replicas, and every replica applies the same update: exactly
-    the single-device update on the concatenated batch. The commitment loss
+    the single-device update on the concatenated batch; they are zeroed again after each
+    update. A batch whose routed vectors are not all finite (a NaN or inf input) updates no
+    centroid, on any replica; its output still carries the non-finite values. The commitment loss
     `commitment_weight * mean ||x_hat - mu||^2` over the routed real queries and keys is added
     with `add_loss` (training only; gradients reach the projections, not the centroids).
 
@@ -244,10 +246,19 @@ class RoutingAttention(BaseAttention):
         self.centroid_counts.assign(counts)
         sums = ops.convert_to_tensor(self.centroid_sums)
         counts = ops.convert_to_tensor(self.centroid_counts)
+        # The sums are the global batch's, so one non-finite vector on any replica makes them
+        # non-finite on every replica, and all of them skip the same update: a NaN folded into
+        # a centroid would stay there for good and route every later clean batch wrongly.
+        finite = ops.all(ops.isfinite(sums))
         mean = sums / ops.maximum(counts, 1.0)[..., None]
         mu = ops.convert_to_tensor(self.centroids)
         moved = self.ema_decay * mu + (1.0 - self.ema_decay) * mean
-        self.centroids.assign(ops.where((counts > 0)[..., None], moved, mu))
+        update = ops.logical_and(counts > 0, finite)[..., None]
+        self.centroids.assign(ops.where(update, moved, mu))
+        # The scratch weights are emptied again (zeros all-reduce to zeros), so that they hold
+        # no batch's values between calls: a non-finite batch leaves every weight as it was.
+        self.centroid_sums.assign(ops.zeros_like(sums))
+        self.centroid_counts.assign(ops.zeros_like(counts))
 
     def _commitment_loss(self, members: list):
         mu = ops.stop_gradient(ops.cast(self.centroids, "float32"))[None, :, :, None, :]
