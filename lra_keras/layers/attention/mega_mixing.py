@@ -15,8 +15,8 @@ from lra_keras.layers.attention.token_mixer import TokenMixer
 ATTENTION_ACTIVATIONS = ("softmax", "laplace", "relu2")
 RELATIVE_POSITIONS = ("simple", "rotary")
 # Mega's laplace attention function: the normal CDF with mean sqrt(1/2) and standard deviation
-# sqrt(1/(4 pi)), which approximates relu^2 near 0 (Ma et al. 2023, section 3.2); the
-# constants as the reference code writes them.
+# sqrt(1/(4 pi)), the paper's smooth stand-in for relu^2; the constants as the reference code
+# writes them.
 LAPLACE_MU = 0.707107
 LAPLACE_SIGMA = 0.282095
 
@@ -139,9 +139,10 @@ class MegaMixing(TokenMixer):
 
     Reference:
         Ma, Zhou, Kong, He, Gui, Neubig, May and Zettlemoyer, "Mega: Moving Average Equipped
-        Gated Attention", ICLR 2023 (equations 2-3 and 6-15; LRA setup, appendix); the
+        Gated Attention", ICLR 2023 (section 3: the EMA and the gated attention); the
         reference code github.com/facebookresearch/mega (`MultiHeadEMA`,
-        `MovingAverageGatedAttention`, `SimpleRelativePositionalBias`).
+        `MovingAverageGatedAttention`, `SimpleRelativePositionalBias`), whose LRA settings the
+        zoo's `lra` preset takes.
     """
 
     supports_causal = True
