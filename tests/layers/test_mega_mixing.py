@@ -1,6 +1,9 @@
 """Mega against the paper's definitions, written out in numpy (float64, Python loops)."""
 
 import math
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -374,3 +377,35 @@ def test_registry_and_config_round_trip():
     assert config["ema_dim"] == 3 and config["chunk_size"] == 8 and config["hidden_dim"] is None
     assert MegaMixing.from_config(config).get_config() == config
     assert layer.attention_flops(1, 4096, 4096) < 1.2 * layer.attention_flops(1, 2048, 2048) * 2
+
+
+@pytest.mark.slow
+def test_jax_backend_matches_tensorflow(tmp_path):
+    """The layer on the JAX backend (fresh process) gives the TensorFlow backend's outputs.
+
+    The weights are set from numpy: Keras' seeded initializers draw differently per backend.
+    """
+    code = (
+        "import numpy as np, keras\n"
+        "from lra_keras.layers import get_attention\n"
+        "outs = []\n"
+        "for kw in ({}, {'chunk_size': 4, 'attention_activation': 'laplace'}):\n"
+        "    layer = get_attention('mega', ema_dim=4, z_dim=6, hidden_dim=10, seed=5, **kw)\n"
+        "    x = np.random.default_rng(0).normal(size=(2, 19, 6)).astype('float32')\n"
+        "    m = np.arange(19)[None] < np.array([[19], [11]])\n"
+        "    layer.build(x.shape)\n"
+        "    rng = np.random.default_rng(1)\n"
+        "    layer.set_weights([rng.normal(size=w.shape) * 0.5 for w in layer.get_weights()])\n"
+        "    for causal in (False, True):\n"
+        "        y = layer(x, x, query_mask=m, value_mask=m, use_causal_mask=causal)\n"
+        "        outs.append(keras.ops.convert_to_numpy(y))\n"
+        "np.save(__import__('sys').argv[1], np.stack(outs))\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    outputs = {}
+    for backend in ("jax", "tensorflow"):
+        path = str(tmp_path / f"mega_{backend}.npy")
+        env = dict(os.environ, PYTHONPATH=root, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="")
+        subprocess.run([sys.executable, "-c", code, path], env=env, check=True, timeout=300)
+        outputs[backend] = np.load(path)
+    np.testing.assert_allclose(outputs["jax"], outputs["tensorflow"], atol=1e-5)
