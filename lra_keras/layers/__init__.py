@@ -14,6 +14,7 @@ from lra_keras.layers.attention.linear_attention import LinearAttention
 from lra_keras.layers.attention.linformer_attention import LinformerAttention
 from lra_keras.layers.attention.local_attention import LocalAttention
 from lra_keras.layers.attention.longformer_attention import LongformerAttention
+from lra_keras.layers.attention.mega_mixing import MegaMixing
 from lra_keras.layers.attention.memory_compressed_attention import MemoryCompressedAttention
 from lra_keras.layers.attention.nystrom_attention import NystromAttention
 from lra_keras.layers.attention.performer_attention import PerformerAttention
@@ -54,6 +55,7 @@ __all__ = [
     "LocalAttention",
     "LongformerAttention",
     "MaskedBatchNormalization",
+    "MegaMixing",
     "MemoryCompressedAttention",
     "NystromAttention",
     "PerformerAttention",
