@@ -77,8 +77,8 @@ CASES: dict[str, dict] = {
     # One axial layer: position 0 reads its own row directly, but another row reaches it only
     # through that row's first position, whose row query does not know the pointer (it sits
     # at position 0): a row summary, not a lookup (0.51 untied, 0.66 when the stages were
-    # tied). Two layers would route any position to any other.
-    "axial": {"kwargs": {"axis_shape": (4, 4)}, "pointer": 0.45},
+    # tied). Two layers would route any position to any other. (0.39 with rotary positions.)
+    "axial": {"kwargs": {"axis_shape": (4, 4)}, "pointer": 0.45, "rotary": {"pointer": 0.3}},
     # The elu + 1 feature map cannot make a sharp pointer over 16 keys (0.83; causal 1.00).
     # With rotary positions only, elu + 1 of the rotated q and k sees position through its
     # nonlinearity alone (0.47, causal 0.56; RoFormer's numerator-only form 0.45 and 0.54).
