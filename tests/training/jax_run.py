@@ -1,0 +1,143 @@
+"""Runs the trainer on Keras's JAX backend in a fresh process, for `test_jax_trainer.py`.
+
+    python -m tests.training.jax_run [--block_tensorflow] [--fake_data] [--sleep S] \
+        cli <lra-train flags>
+    python -m tests.training.jax_run [--block_tensorflow] [--sleep S] \
+        synthetic --model_dir D [--steps N --trajectory --grad_accum_steps K ...]
+
+`cli` runs `lra-train` in this process; `synthetic` trains `tests.training.synthetic`'s model
+on its task through `Trainer` and prints one JSON line (results, or each step's loss, and a
+fingerprint of the weights). `--block_tensorflow` makes any import of TensorFlow fail (what a
+machine without TensorFlow does); `--fake_data` stands `tests.training.numpy_data.load_numpy`
+in for `lra_keras.data.load_numpy`; `--sleep` slows every training step (to be killed in).
+Emulated devices come from `XLA_FLAGS=--xla_force_host_platform_device_count=N`, which the
+caller sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ["KERAS_BACKEND"] = "jax"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+class _NoTensorFlow:
+    """A meta-path finder that refuses TensorFlow, as an environment without it would."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ImportError(f"No module named {name!r} (blocked by tests.training.jax_run)")
+        return None
+
+
+def block_tensorflow() -> None:
+    sys.meta_path.insert(0, _NoTensorFlow())
+
+
+def slow_steps(seconds: float) -> None:
+    import time
+
+    from lra_keras.training.backends import jax as jax_backend
+
+    call = jax_backend.TrainStep.__call__
+
+    def slow(self, micro_batches):
+        time.sleep(seconds)
+        return call(self, micro_batches)
+
+    jax_backend.TrainStep.__call__ = slow
+
+
+def synthetic(argv) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model_dir", required=True)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--strategy", default="auto")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--eval_every", type=int, default=10)
+    p.add_argument("--checkpoint_every", type=int, default=None)
+    p.add_argument("--grad_accum_steps", type=int, default=1)
+    p.add_argument("--grad_clip_norm", type=float, default=None)
+    p.add_argument("--learning_rate", type=float, default=0.01)
+    p.add_argument("--trajectory", action="store_true", help="print each step's loss")
+    args = p.parse_args(argv)
+
+    import jax
+
+    from lra_keras.training import Trainer
+    from lra_keras.training.backends import set_random_seed
+    from tests.training.numpy_data import synthetic as data
+    from tests.training.synthetic import make_model, weights_fingerprint
+
+    set_random_seed(0)
+    trainer = Trainer(
+        lambda: make_model(args.dropout),
+        data(256, 16, seed=1, shuffle=True),
+        eval_data={"validation": data(64, 16, seed=2), "test": data(64, 16, seed=3)},
+        model_dir=args.model_dir,
+        strategy=args.strategy,
+        batch_size=args.batch_size,
+        num_train_steps=args.steps,
+        learning_rate=args.learning_rate,
+        schedule="constant",
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        grad_accum_steps=args.grad_accum_steps,
+        grad_clip_norm=args.grad_clip_norm,
+        verbose=0,
+        export_fn=None,
+    )
+    out = {"devices": len(jax.devices()), "replicas": trainer.num_replicas}
+    if args.trajectory:
+        losses = []
+        for _ in range(args.steps):
+            micro = tuple(
+                trainer._distribute(next(trainer._train_iterator))
+                for _ in range(trainer.grad_accum_steps)
+            )
+            losses.append(float(trainer._train_fn(micro)["loss"]))
+        out["losses"] = losses
+    else:
+        out["results"] = trainer.train()
+    out["weights"] = weights_fingerprint(trainer.model)
+    out["tensorflow_loaded"] = "tensorflow" in sys.modules
+    print(json.dumps(out, default=float))
+    sys.stdout.flush()
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    options = {"--block_tensorflow": False, "--fake_data": False}
+    sleep = 0.0
+    while argv and argv[0].startswith("--"):
+        flag = argv.pop(0)
+        if flag == "--sleep":
+            sleep = float(argv.pop(0))
+        else:
+            options[flag] = True
+    mode = argv.pop(0)
+    if options["--block_tensorflow"]:
+        block_tensorflow()
+    if sleep:
+        slow_steps(sleep)
+    if mode == "synthetic":
+        synthetic(argv)
+        return
+    if options["--fake_data"]:
+        import lra_keras.data
+        from tests.training.numpy_data import load_numpy
+
+        lra_keras.data.load_numpy = load_numpy
+    from lra_keras.training import cli
+
+    sys.argv = ["lra-train", *argv]
+    cli.run()
+
+
+if __name__ == "__main__":
+    main()
