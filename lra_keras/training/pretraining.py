@@ -69,7 +69,7 @@ def pretrain_encoder(
         vocab_size=config["vocab_size"],
         mask_padding=config["mask_padding"],
         seed=seed,
-        mask_token=mask_token(config["task"]),
+        mask_token=mask_token(config["task"]) if objective == "masked" else None,
     )
     trainer = Trainer(
         lambda: build_pretraining_model(config, objective),

@@ -113,11 +113,13 @@ def synthetic(argv) -> None:
 def main() -> None:
     argv = sys.argv[1:]
     options = {"--block_tensorflow": False, "--fake_data": False}
-    sleep = 0.0
+    sleep, save_logits = 0.0, None
     while argv and argv[0].startswith("--"):
         flag = argv.pop(0)
         if flag == "--sleep":
             sleep = float(argv.pop(0))
+        elif flag == "--save_logits":
+            save_logits = argv.pop(0)
         else:
             options[flag] = True
     mode = argv.pop(0)
@@ -136,7 +138,31 @@ def main() -> None:
     from lra_keras.training import cli
 
     sys.argv = ["lra-train", *argv]
-    cli.run()
+    try:
+        cli.run()
+    except SystemExit as done:
+        if done.code not in (0, None) or save_logits is None:
+            raise
+    model_dir = argv[argv.index("--model_dir") + 1]
+    best_logits(model_dir, save_logits)
+
+
+def best_logits(model_dir: str, path: str) -> None:
+    """Saves validation tokens and the JAX model's logits on them, from the run's best weights."""
+    import numpy as np
+
+    from lra_keras.data import load_numpy
+    from lra_keras.zoo import build_model_from_config
+
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = json.load(f)
+    config = {k: v for k, v in config.items() if k not in ("trainer", "run")}
+    model = build_model_from_config(config)
+    model.load_weights(os.path.join(model_dir, "best", "model.weights.h5"))
+    data = load_numpy(config["task"], "validation", None, 8, max_length=config["max_length"])
+    features, _ = next(iter(data.batches()))
+    logits = np.asarray(model(features, training=False))
+    np.savez(path, logits=logits, **features)
 
 
 if __name__ == "__main__":
