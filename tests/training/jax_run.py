@@ -64,6 +64,11 @@ def synthetic(argv) -> None:
     p.add_argument("--grad_accum_steps", type=int, default=1)
     p.add_argument("--grad_clip_norm", type=float, default=None)
     p.add_argument("--learning_rate", type=float, default=0.01)
+    p.add_argument("--schedule", default="constant")
+    p.add_argument("--warmup_steps", type=int, default=0)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--no_shuffle", action="store_true")
+    p.add_argument("--init_weights", help="a .weights.h5 file to start from")
     p.add_argument("--trajectory", action="store_true", help="print each step's loss")
     args = p.parse_args(argv)
 
@@ -74,17 +79,25 @@ def synthetic(argv) -> None:
     from tests.training.numpy_data import synthetic as data
     from tests.training.synthetic import make_model, weights_fingerprint
 
+    def model_fn():
+        model = make_model(args.dropout)
+        if args.init_weights:
+            model.load_weights(args.init_weights)
+        return model
+
     set_random_seed(0)
     trainer = Trainer(
-        lambda: make_model(args.dropout),
-        data(256, 16, seed=1, shuffle=True),
+        model_fn,
+        data(256, 16, seed=1, shuffle=not args.no_shuffle),
         eval_data={"validation": data(64, 16, seed=2), "test": data(64, 16, seed=3)},
         model_dir=args.model_dir,
         strategy=args.strategy,
         batch_size=args.batch_size,
         num_train_steps=args.steps,
         learning_rate=args.learning_rate,
-        schedule="constant",
+        schedule=args.schedule,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
         grad_accum_steps=args.grad_accum_steps,

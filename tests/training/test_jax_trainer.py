@@ -151,6 +151,53 @@ def test_two_emulated_devices_equal_one(tmp_path, reference):
     np.testing.assert_allclose(two["weights"], reference["out"]["weights"], atol=1e-4)
 
 
+@TF_ONLY
+def test_jax_steps_equal_the_tensorflow_steps_from_the_same_weights(tmp_path):
+    """The LRA schedule with warmup, AdamW with weight decay, clipping, accumulation."""
+    from lra_keras.training import Trainer
+    from tests.training.synthetic import make_dataset, make_model
+
+    keras.utils.set_random_seed(0)
+    init = str(tmp_path / "init.weights.h5")
+    make_model().save_weights(init)
+    options = dict(
+        batch_size=8,
+        num_train_steps=6,
+        learning_rate=0.05,
+        schedule="rsqrt",
+        warmup_steps=3,
+        weight_decay=0.1,
+        grad_clip_norm=0.05,
+        grad_accum_steps=2,
+    )
+
+    def model_fn():
+        model = make_model()
+        model.load_weights(init)
+        return model
+
+    trainer = Trainer(
+        model_fn,
+        make_dataset(256, 16, seed=1),
+        model_dir=str(tmp_path / "tf"),
+        verbose=0,
+        export_fn=None,
+        **options,
+    )
+    losses = []
+    for _ in range(6):
+        micro = tuple(trainer._distribute(next(trainer._train_iterator)) for _ in range(2))
+        losses.append(float(trainer._train_fn(micro)["loss"]))
+    flags = ["--init_weights", init, "--no_shuffle", "--trajectory", "--steps", 6]
+    for key in ("batch_size", "learning_rate", "schedule", "warmup_steps", "weight_decay"):
+        flags += [f"--{key}", options[key]]
+    flags += ["--grad_clip_norm", 0.05, "--grad_accum_steps", 2]
+    jax_run = json_line(run_jax("synthetic", "--model_dir", tmp_path / "jax", *flags))
+    np.testing.assert_allclose(jax_run["losses"], losses, rtol=1e-5)
+    want = [float(np.sum(np.asarray(w, np.float64))) for w in trainer.model.get_weights()]
+    np.testing.assert_allclose(jax_run["weights"], want, rtol=1e-4, atol=1e-5)
+
+
 def field_set(value, prefix=""):
     """The dotted key paths of a results dict (the config's zoo entries left out)."""
     if not isinstance(value, dict):

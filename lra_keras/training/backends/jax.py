@@ -373,6 +373,12 @@ class Checkpoints:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(self.checkpoint_dir, old))
 
+    def exists(self) -> bool:
+        """Whether the folder holds any trained state (a training or best checkpoint)."""
+        return self.latest() is not None or os.path.isfile(
+            os.path.join(self.best_dir, BEST_WEIGHTS)
+        )
+
     def latest(self) -> str | None:
         index = read_json(os.path.join(self.checkpoint_dir, CHECKPOINT_INDEX))
         if not index:
