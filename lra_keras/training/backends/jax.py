@@ -373,12 +373,6 @@ class Checkpoints:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(self.checkpoint_dir, old))
 
-    def exists(self) -> bool:
-        """Whether the folder holds any trained state (a training or best checkpoint)."""
-        return self.latest() is not None or os.path.isfile(
-            os.path.join(self.best_dir, BEST_WEIGHTS)
-        )
-
     def latest(self) -> str | None:
         index = read_json(os.path.join(self.checkpoint_dir, CHECKPOINT_INDEX))
         if not index:
@@ -656,6 +650,9 @@ class TrainingBackend:
             text=True,
         )
         if done.returncode != 0:
-            logging.warning("The export failed (%s): %s", command, done.stderr.strip()[-2000:])
-            return False
+            lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+            message = f"the run is trained and checkpointed, but `{command}` failed"
+            if done.returncode == 2:  # lra-export's one-line user error
+                raise UserError(f"{message}: {lines[-1]}")
+            raise RuntimeError(f"{message}:\n" + "\n".join(lines[-30:]))
         return True

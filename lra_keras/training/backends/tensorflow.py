@@ -47,13 +47,6 @@ class Checkpoints:
             return directory
         return os.path.join(directory, f".worker{self.worker_index}_tmp")
 
-    def exists(self) -> bool:
-        """Whether the folder holds any trained state (a training or best checkpoint)."""
-        return bool(
-            tf.train.latest_checkpoint(self.checkpoint_dir)
-            or tf.train.latest_checkpoint(self.best_dir)
-        )
-
     def restore(self) -> int | None:
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
         if not latest:
