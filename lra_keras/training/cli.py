@@ -12,9 +12,12 @@ continue under another configuration); writes TensorBoard logs under `<model_dir
 `results.json`, and (unless `--noexport`) a reusable SavedModel under `<model_dir>/export`.
 
 Exit status: 0 trained (or already trained: evaluated again); 2 a user error (one line on
-stderr: what was wrong, what to do); 143 (128 + SIGTERM) preempted: a SIGTERM made the run
-finish its step, save a checkpoint and stop, and the same command resumes it; 1 an internal
-error (with its traceback).
+stderr: what was wrong, what to do), among them a loss that turned NaN or infinite (the last
+finite checkpoint stays, nothing is exported), a configuration that does not fit in memory,
+and a --model_dir another live run holds (`<model_dir>/.lock`); 143 (128 + SIGTERM)
+preempted: a SIGTERM made the run finish its step (or abandon its final evaluation and
+export), save a checkpoint and stop, and the same command resumes it; 1 an internal error
+(with its traceback).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ This module imports TensorFlow only for a path with a scheme (`gs://...`).
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from absl import logging
@@ -26,6 +27,14 @@ from lra_keras.errors import UserError
 RESUMABLE_KEYS = ("trainer.strategy", "trainer.num_replicas")
 # Runs written before the trainer recorded its backend were TensorFlow runs.
 DEFAULT_BACKEND = "tensorflow"
+# What marks trained state: tf.train.CheckpointManager's state files (TensorFlow), the
+# checkpoint index and the best weights (JAX, `backends/jax.py`).
+CHECKPOINT_FILES = (
+    ("checkpoints", "checkpoint"),
+    ("best", "checkpoint"),
+    ("checkpoints", "checkpoint.json"),
+    ("best", "model.weights.h5"),
+)
 
 
 def _remote(path: str) -> bool:
@@ -61,18 +70,42 @@ def read_json(path: str):
         return json.load(f)
 
 
+def finite_json(value):
+    """`value` as plain JSON data, every NaN or infinity replaced by `null` (None).
+
+    Python's `json` writes bare `NaN` and `Infinity`, which JSON readers refuse. Numpy and
+    tensor scalars become floats first.
+    """
+    value = json.loads(json.dumps(value, default=float))
+
+    def clean(item):
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {k: clean(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [clean(v) for v in item]
+        return item
+
+    return clean(value)
+
+
 def write_json(path: str, value) -> None:
-    """Writes `path` whole or not at all (a kill mid-write leaves the previous file)."""
+    """Writes `path` whole or not at all (a kill mid-write leaves the previous file).
+
+    Always valid JSON: NaN and infinities are written as `null` (`finite_json`).
+    """
+    text = json.dumps(finite_json(value), indent=2, allow_nan=False)
     partial = f"{path}.partial"
     if _remote(path):
         import tensorflow as tf
 
         with tf.io.gfile.GFile(partial, "w") as f:
-            json.dump(value, f, indent=2, default=float)
+            f.write(text)
         tf.io.gfile.rename(partial, path, overwrite=True)
         return
     with open(partial, "w") as f:
-        json.dump(value, f, indent=2, default=float)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(partial, path)
@@ -137,14 +170,23 @@ class RunState:
 
     # ------------------------------------------------------------------ config
 
+    def has_checkpoint(self) -> bool:
+        """Whether the folder holds trained state of either backend (training or best).
+
+        Files of both backends count, so that a folder trained on one is never taken as
+        empty by the other.
+        """
+        return any(exists(os.path.join(self.model_dir, *name)) for name in CHECKPOINT_FILES)
+
     def check_config(self, config: dict) -> None:
         """Refuses to continue a run in `model_dir` that was started with another config.
 
-        A run trained on another backend is refused first, naming both: its checkpoints are
-        that backend's files.
+        A folder without any checkpoint holds nothing to continue (e.g. a start that ran out
+        of memory), so it takes the new config. A run trained on another backend is refused,
+        naming both: its checkpoints are that backend's files.
         """
         saved = read_json(self._path("config.json"))
-        if saved is None:
+        if saved is None or not self.has_checkpoint():
             return
         previous = saved_backend(saved)
         if previous != self.backend:

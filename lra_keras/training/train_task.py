@@ -10,7 +10,9 @@ TensorFlow and from `lra_keras.data.load_numpy` on JAX, which imports no TensorF
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 
 from lra_keras.errors import UserError
 
@@ -111,9 +113,6 @@ def train_task(
     import keras
 
     from lra_keras.training.backends import set_random_seed
-    from lra_keras.training.trainer import Trainer
-    from lra_keras.zoo import build_model_from_config
-    from lra_keras.zoo.pretraining import transfer_encoder_weights
 
     config = build_run_config(
         task,
@@ -145,6 +144,74 @@ def train_task(
                 f"Training on {backend} reads numpy data (lra_keras.data.load_numpy), which "
                 "this installation lacks; train with KERAS_BACKEND=tensorflow."
             ) from error
+    with _hold_model_dir(model_dir, strategy, backend):
+        return _train(
+            config,
+            data_dir=data_dir,
+            model_dir=model_dir,
+            load=load,
+            strategy=strategy,
+            grad_accum_steps=grad_accum_steps,
+            profile_steps=profile_steps,
+            mixed_precision=mixed_precision,
+            jit_compile=jit_compile,
+            export=export,
+            data_options=data_options,
+            seed=seed,
+            pretrain=pretrain,
+            pretrain_steps=pretrain_steps,
+            verbose=verbose,
+        )
+
+
+@contextlib.contextmanager
+def _hold_model_dir(model_dir: str, strategy, backend: str):
+    """Refuses a --model_dir another live run holds, or one that cannot be written; the
+    chief holds it through both phases and removes what an export killed midway left there."""
+    from lra_keras.training.safeguards import lock_model_dir
+
+    if backend == "tensorflow":
+        from lra_keras.training.strategies import worker_info
+
+        chief = worker_info(strategy)[0]
+    else:
+        import jax
+
+        chief = jax.process_index() == 0
+    if not chief:
+        yield
+        return
+    with lock_model_dir(model_dir):
+        if backend == "tensorflow" and "://" not in model_dir:
+            # On JAX, lra-export (a TensorFlow process) does this before it exports.
+            from lra_keras.export.saved_model import remove_unfinished_exports
+
+            remove_unfinished_exports(os.path.join(model_dir, "export"))
+        yield
+
+
+def _train(
+    config,
+    *,
+    data_dir,
+    model_dir,
+    load,
+    strategy,
+    grad_accum_steps,
+    profile_steps,
+    mixed_precision,
+    jit_compile,
+    export,
+    data_options,
+    seed,
+    pretrain,
+    pretrain_steps,
+    verbose,
+) -> dict:
+    from lra_keras.training.trainer import Trainer
+    from lra_keras.zoo import build_model_from_config
+    from lra_keras.zoo.pretraining import transfer_encoder_weights
+
     task, batch = config["task"], config["batch_size"]
     data_options = dict(data_options or {})
 
