@@ -70,6 +70,7 @@ def synthetic(argv) -> None:
     p.add_argument("--no_shuffle", action="store_true")
     p.add_argument("--init_weights", help="a .weights.h5 file to start from")
     p.add_argument("--trajectory", action="store_true", help="print each step's loss")
+    p.add_argument("--poison_step", type=int, help="this training step's loss is NaN")
     args = p.parse_args(argv)
 
     import jax
@@ -85,10 +86,13 @@ def synthetic(argv) -> None:
             model.load_weights(args.init_weights)
         return model
 
+    train_data = data(256, 16, seed=1, shuffle=not args.no_shuffle)
+    if args.poison_step:
+        model_fn, train_data = poisoned(args.poison_step, args.batch_size)
     set_random_seed(0)
     trainer = Trainer(
         model_fn,
-        data(256, 16, seed=1, shuffle=not args.no_shuffle),
+        train_data,
         eval_data={"validation": data(64, 16, seed=2), "test": data(64, 16, seed=3)},
         model_dir=args.model_dir,
         strategy=args.strategy,
@@ -116,11 +120,38 @@ def synthetic(argv) -> None:
             losses.append(float(trainer._train_fn(micro)["loss"]))
         out["losses"] = losses
     else:
-        out["results"] = trainer.train()
+        from lra_keras.errors import UserError
+
+        try:
+            out["results"] = trainer.train()
+        except UserError as error:
+            out["error"] = str(error)
     out["weights"] = weights_fingerprint(trainer.model)
     out["tensorflow_loaded"] = "tensorflow" in sys.modules
     print(json.dumps(out, default=float))
     sys.stdout.flush()
+
+
+def poisoned(step: int, batch_size: int):
+    """`test_misuse_training`'s poisoned run on numpy data: training step `step` has token 0,
+    which the model turns into a NaN loss."""
+    import keras
+
+    from tests.training.numpy_data import ArrayDataset
+    from tests.training.synthetic import make_arrays, make_model
+
+    tokens, labels = make_arrays(64, seed=1)
+    tokens[(step - 1) * batch_size : step * batch_size, 0] = 0
+
+    def model_fn():
+        base = make_model()
+        inputs = keras.Input((base.inputs[0].shape[1],), dtype="int32", name="tokens")
+        poison = keras.layers.Lambda(
+            lambda t: keras.ops.where(keras.ops.equal(t[:, :1], 0), float("nan"), 0.0)
+        )(inputs)
+        return keras.Model({"tokens": inputs}, base({"tokens": inputs}) + poison)
+
+    return model_fn, ArrayDataset({"tokens": tokens}, labels, batch_size)
 
 
 def main() -> None:

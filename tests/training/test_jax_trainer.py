@@ -200,6 +200,28 @@ def test_jax_steps_equal_the_tensorflow_steps_from_the_same_weights(tmp_path):
     np.testing.assert_allclose(jax_run["weights"], want, rtol=1e-4, atol=1e-5)
 
 
+def test_a_nan_loss_stops_a_jax_run_at_the_last_finite_checkpoint(tmp_path):
+    """`test_misuse_training`'s divergence check, on JAX."""
+    args = ["--poison_step", 6, "--steps", 10, "--eval_every", 2, "--checkpoint_every", 2]
+    out = json_line(run_jax("synthetic", "--model_dir", tmp_path, *args))
+    assert "training loss is NaN at step 6" in out["error"] and "step 4" in out["error"]
+    assert latest_checkpoint(tmp_path) == "ckpt-4.npz"
+    assert not (tmp_path / "results.json").exists()
+    with np.load(tmp_path / "checkpoints" / "ckpt-4.npz") as saved:
+        for name in saved.files:
+            if saved[name].dtype.kind == "f":
+                assert np.isfinite(saved[name]).all(), name
+
+    def refuse(constant):
+        raise ValueError(f"a bare {constant}")
+
+    for name in ("progress.json", "validation.json", "best/best.json"):
+        with open(tmp_path / name) as f:
+            json.loads(f.read(), parse_constant=refuse)
+    with open(tmp_path / "best" / "best.json") as f:
+        assert json.load(f)["step"] in (2, 4)
+
+
 def field_set(value, prefix=""):
     """The dotted key paths of a results dict (the config's zoo entries left out)."""
     if not isinstance(value, dict):
