@@ -1,15 +1,15 @@
 """Runs the trainer on Keras's JAX backend in a fresh process, for `test_jax_trainer.py`.
 
-    python -m tests.training.jax_run [--block_tensorflow] [--fake_data] [--sleep S] \
-        cli <lra-train flags>
-    python -m tests.training.jax_run [--block_tensorflow] [--sleep S] \
+    python -m tests.training.jax_run [--save_logits PATH] cli <lra-train flags>
+    python -m tests.training.jax_run [--sleep S] \
         synthetic --model_dir D [--steps N --trajectory --grad_accum_steps K ...]
 
 `cli` runs `lra-train` in this process; `synthetic` trains `tests.training.synthetic`'s model
 on its task through `Trainer` and prints one JSON line (results, or each step's loss, and a
-fingerprint of the weights). `--block_tensorflow` makes any import of TensorFlow fail (what a
-machine without TensorFlow does); `--fake_data` stands `tests.training.numpy_data.load_numpy`
-in for `lra_keras.data.load_numpy`; `--sleep` slows every training step (to be killed in).
+fingerprint of the weights). `--save_logits` saves, after `cli`, validation tokens and the
+JAX model's logits on them from the run's best weights; `--sleep` slows every training step
+(to be killed in). Run it under `tests/backends/no_tensorflow.py`'s environment to have no
+TensorFlow at all.
 Emulated devices come from `XLA_FLAGS=--xla_force_host_platform_device_count=N`, which the
 caller sets.
 """
@@ -23,19 +23,6 @@ import sys
 
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-
-class _NoTensorFlow:
-    """A meta-path finder that refuses TensorFlow, as an environment without it would."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ImportError(f"No module named {name!r} (blocked by tests.training.jax_run)")
-        return None
-
-
-def block_tensorflow() -> None:
-    sys.meta_path.insert(0, _NoTensorFlow())
 
 
 def slow_steps(seconds: float) -> None:
@@ -156,7 +143,6 @@ def poisoned(step: int, batch_size: int):
 
 def main() -> None:
     argv = sys.argv[1:]
-    options = {"--block_tensorflow": False, "--fake_data": False}
     sleep, save_logits = 0.0, None
     while argv and argv[0].startswith("--"):
         flag = argv.pop(0)
@@ -165,20 +151,13 @@ def main() -> None:
         elif flag == "--save_logits":
             save_logits = argv.pop(0)
         else:
-            options[flag] = True
+            raise SystemExit(f"unknown option {flag}")
     mode = argv.pop(0)
-    if options["--block_tensorflow"]:
-        block_tensorflow()
     if sleep:
         slow_steps(sleep)
     if mode == "synthetic":
         synthetic(argv)
         return
-    if options["--fake_data"]:
-        import lra_keras.data
-        from tests.training.numpy_data import load_numpy
-
-        lra_keras.data.load_numpy = load_numpy
     from lra_keras.training import cli
 
     sys.argv = ["lra-train", *argv]
@@ -188,10 +167,10 @@ def main() -> None:
         if done.code not in (0, None) or save_logits is None:
             raise
     model_dir = argv[argv.index("--model_dir") + 1]
-    best_logits(model_dir, save_logits)
+    best_logits(model_dir, argv[argv.index("--data_dir") + 1], save_logits)
 
 
-def best_logits(model_dir: str, path: str) -> None:
+def best_logits(model_dir: str, data_dir: str, path: str) -> None:
     """Saves validation tokens and the JAX model's logits on them, from the run's best weights."""
     import numpy as np
 
@@ -203,7 +182,7 @@ def best_logits(model_dir: str, path: str) -> None:
     config = {k: v for k, v in config.items() if k not in ("trainer", "run")}
     model = build_model_from_config(config)
     model.load_weights(os.path.join(model_dir, "best", "model.weights.h5"))
-    data = load_numpy(config["task"], "validation", None, 8, max_length=config["max_length"])
+    data = load_numpy(config["task"], "validation", data_dir, 8, max_length=config["max_length"])
     features, _ = next(iter(data.batches()))
     logits = np.asarray(model(features, training=False))
     np.savez(path, logits=logits, **features)

@@ -37,20 +37,3 @@ def synthetic(n: int, batch_size: int, seed: int = 0, shuffle: bool = False) -> 
 
     tokens, labels = make_arrays(n, seed)
     return ArrayDataset({"tokens": tokens}, labels, batch_size, shuffle=shuffle, seed=seed)
-
-
-def load_numpy(task, split, data_dir, batch_size, max_length=None, shuffle=None, seed=0, **options):
-    """Random token ids of a zoo task's input shape and class count (the data folder unread)."""
-    from lra_keras.zoo import get_config
-
-    config = get_config(task, "full", "tiny")
-    length = max_length or config["max_length"]
-    sizes = {"train": 96, "validation": 24, "test": 24}
-    rng = np.random.default_rng([seed, ["train", "validation", "test"].index(split)])
-    n = sizes[split]
-    tokens = rng.integers(1, config["vocab_size"], size=(n, length)).astype("int32")
-    labels = (tokens[:, 0] % config["num_classes"]).astype("int32")
-    names = ["tokens_1", "tokens_2"] if task == "retrieval" else ["tokens"]
-    features = {name: tokens for name in names}
-    shuffle = split == "train" if shuffle is None else shuffle
-    return ArrayDataset(features, labels, batch_size, shuffle=shuffle, seed=seed)

@@ -2,7 +2,7 @@
 
 The JAX runs are subprocesses (`tests.training.jax_run`) with `KERAS_BACKEND=jax`; this
 process compares them with the TensorFlow trainer and exports with TensorFlow. Data on JAX is
-`tests.training.numpy_data`'s stand-in of `lra_keras.data.load_numpy`.
+`lra_keras.data.load_numpy`'s, or `tests.training.numpy_data`'s arrays.
 """
 
 from __future__ import annotations
@@ -236,14 +236,27 @@ def field_set(value, prefix=""):
 
 @pytest.fixture(scope="module")
 def jax_cli_run(tmp_path_factory):
-    """`lra-train` on JAX with TensorFlow imports blocked: a tiny ListOps run, pretrained."""
+    """`lra-train` on JAX where TensorFlow is not installed: tiny ListOps, self-pretrained."""
+    from lra_keras.data.listops_generator import write_listops
+    from tests.backends import no_tensorflow
+
     root = tmp_path_factory.mktemp("jax_cli")
-    model_dir, logits = root / "run", root / "logits.npz"
-    args = ["--task", "listops", "--preset", "tiny", "--data_dir", root / "unused"]
+    data_dir, model_dir, logits = root / "listops", root / "run", root / "logits.npz"
+    write_listops(str(data_dir), num_train=64, num_val=16, num_test=16, min_length=5, max_length=60)
+    args = ["--task", "listops", "--preset", "tiny", "--data_dir", data_dir]
     args += ["--model_dir", model_dir, "--num_train_steps", 4, "--eval_every", 2]
     args += ["--batch_size", 8, "--noexport", "--verbose", 0, "--set", "max_length=32"]
-    args += ["--pretrain", "causal", "--pretrain_steps", 2]
-    done = run_jax("--block_tensorflow", "--fake_data", "--save_logits", logits, "cli", *args)
+    args += ["--pretrain", "masked", "--pretrain_steps", 2]
+    blocker = no_tensorflow.blocker_dir(root / "blocker")
+    done = subprocess.run(
+        jax_command("--save_logits", logits, "cli", *args),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=no_tensorflow.environment(blocker, jax_env()),
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
     return {"model_dir": model_dir, "logits": logits, "done": done, "args": args}
 
 
@@ -272,7 +285,7 @@ def test_jax_cli_run_imports_no_tensorflow_and_writes_the_tensorflow_files(jax_c
     assert sorted(set(os.listdir(model_dir)) - {"pretrain"}) == sorted(os.listdir(tf_dir))
     with open(model_dir / "pretrain" / "results.json") as f:
         assert json.load(f)["step"] == 2
-    assert results["config"]["run"]["pretrain"] == "causal"
+    assert results["config"]["run"]["pretrain"] == "masked"
     assert results["config"]["trainer"]["backend"] == "jax"
     assert results["step"] == 4 and results["train"]["peak_memory_source"] in ("allocator", "rss")
     assert os.path.isfile(model_dir / "best" / "model.weights.h5")
@@ -301,6 +314,14 @@ def test_lra_export_of_a_jax_run_predicts_the_jax_logits(jax_cli_run, tmp_path):
     saved = np.load(jax_cli_run["logits"])
     exported = load(str(out))(saved["tokens"])
     np.testing.assert_allclose(exported["logits"], saved["logits"], atol=1e-5)
+    # `--checkpoint latest` reads the run's `.npz` checkpoint into the TensorFlow model.
+    from lra_keras.export.cli import load_trained_model
+
+    model, _ = load_trained_model(str(jax_cli_run["model_dir"]), "latest")
+    latest = jax_cli_run["model_dir"] / "checkpoints" / latest_checkpoint(jax_cli_run["model_dir"])
+    with np.load(latest) as checkpoint:
+        for i, variable in enumerate(model.trainable_variables):
+            np.testing.assert_array_equal(np.asarray(variable), checkpoint[f"trainable/{i}"])
     # The `.keras` archive holds the same model.
     archive = keras.saving.load_model(str(out / "model.keras"), compile=False)
     np.testing.assert_allclose(
