@@ -10,7 +10,7 @@ PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=
 # The backend-neutral suites that also run on Keras's JAX backend (JAX's CPU wheel): the
 # contract over every registered name, the chunked kernels and the task models. (The byte-LM
 # tests stay TensorFlow-only here for time: its layers are in the contract suite.)
-JAX_TESTS ?= tests/layers/test_attention_contract.py tests/layers/test_chunked_attention.py tests/zoo/test_zoo.py
+JAX_TESTS ?= tests/layers/test_attention_contract.py tests/layers/test_nonfinite_contract.py tests/layers/test_chunked_attention.py tests/zoo/test_zoo.py
 
 .PHONY: install lint format test test-jax test-all demo bench clean
 

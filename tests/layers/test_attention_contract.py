@@ -1,6 +1,8 @@
 """The contract suite: every name in the attention registry is tested the same way."""
 
+import inspect
 import os
+import re
 
 import keras
 import numpy as np
@@ -140,6 +142,57 @@ def test_capability_errors(name):
     if not cls.supports_cross_attention:
         with pytest.raises(ValueError, match=f"'{name}'.*cross-attention"):
             layer(x, x[:, :-1])
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if ATTENTIONS[n].supports_attention_mask])
+def test_attention_mask_of_the_wrong_shape_is_refused(name):
+    layer = make_layer(name)
+    x, mask = inputs(name)
+    length = x.shape[1]
+    for shape in [(BATCH, length, length + 1), (BATCH, length), (3, length, length)]:
+        expected = re.escape(str((BATCH, length, length)))
+        with pytest.raises(
+            ValueError, match=rf"`attention_mask`.*{expected}.*{re.escape(str(shape))}"
+        ):
+            layer(x, x, attention_mask=np.ones(shape, bool))
+    # The right shape, and a batch of 1 (broadcast, as for MultiHeadAttention), work.
+    for batch in (BATCH, 1):
+        y = layer(x, x, attention_mask=np.ones((batch, length, length), bool))
+        assert keras.ops.convert_to_numpy(y).shape == x.shape
+
+
+# Variants whose length-sized weights take a `max_length` (Linformer, Synthesizer).
+MAX_LENGTH_NAMES = [
+    n for n in NAMES if "max_length" in inspect.signature(ATTENTIONS[n].__init__).parameters
+]
+
+
+@pytest.mark.parametrize("name", MAX_LENGTH_NAMES)
+def test_max_length_is_optional(name):
+    # README: `get_attention(name, num_heads=..., key_dim=...)` works for any name.
+    x, mask = inputs(name)
+    own = {k: v for k, v in case(name)["kwargs"].items() if k != "max_length"}
+    layer = get_attention(name, num_heads=HEADS, key_dim=KEY_DIM, seed=3, **own)
+    assert layer.max_length is None
+    y = call(layer, x, mask)
+    explicit = make_layer(name, max_length=x.shape[1])
+    call(explicit, x, mask)
+    explicit.set_weights(layer.get_weights())  # same shapes: built for the input's length
+    np.testing.assert_allclose(call(explicit, x, mask), y, atol=1e-6)
+    config = layer.get_config()
+    assert config["max_length"] is None
+    assert type(layer).from_config(config).get_config() == config
+    longer = np.concatenate([x, x[:, :1]], axis=1)
+    with pytest.raises(ValueError, match="max_length"):
+        layer(longer, longer)
+    unknown = keras.Input((None, DIM))
+    fresh = get_attention(name, num_heads=HEADS, key_dim=KEY_DIM, **own)
+    with pytest.raises(ValueError, match="needs_static_length.*`max_length`"):
+        fresh(unknown, unknown)
+    # The zoo still sizes them for its sequence (CLS included).
+    zoo = get_config("listops", name, "tiny")
+    cls_token = int(zoo["pooling"] == "cls")
+    assert zoo["attention_kwargs"]["max_length"] == zoo["max_length"] + cls_token
 
 
 @pytest.mark.parametrize("name", NAMES)

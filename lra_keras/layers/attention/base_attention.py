@@ -452,9 +452,9 @@ class BaseAttention(keras.layers.Layer):
         argument = self.static_length_argument or "its structure"
         raise ValueError(
             f"{type(self).__name__} ('{self.attention_name}') needs a static sequence length "
-            f"(fixed at build by {argument}); got query shape {tuple(query_shape)} and value "
-            f"shape {tuple(value_shape)}. Give the input a fixed length, e.g. "
-            "keras.Input((length, dim))."
+            f"(`needs_static_length`: fixed at build by {argument}); got query shape "
+            f"{tuple(query_shape)} and value shape {tuple(value_shape)}. Give the input a "
+            "fixed length, e.g. keras.Input((length, dim))."
         )
 
     # ------------------------------------------------------------------ call
@@ -479,6 +479,11 @@ class BaseAttention(keras.layers.Layer):
             self, (query, value, key), (query_mask, value_mask, key_mask)
         )
         check_call_capabilities(self, use_causal_mask, attention_mask, return_attention_scores)
+        if attention_mask is not None:
+            attention_mask = ops.convert_to_tensor(attention_mask)
+            attention_utils.check_attention_mask(
+                type(self).__name__, attention_mask, query.shape, key.shape
+            )
         # Keras fills `query_mask`/`value_mask`/`key_mask` from the inputs' implicit masks
         # (`Embedding(mask_zero=True)`) in `__call__`, as for MultiHeadAttention. The masks are
         # consumed here, so the projections get unmasked copies (they do not support masking).

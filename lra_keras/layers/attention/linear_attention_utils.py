@@ -27,9 +27,10 @@ from lra_keras.layers.attention import attention_utils
 def _safe_divide(num, den, eps: float):
     if eps > 0.0:
         return num / (den + eps)
-    # Without eps, an empty row (no real key) has den = 0 and num = 0: its output is 0.
-    positive = den > 0.0
-    return ops.where(positive, num, 0.0) / ops.where(positive, den, 1.0)
+    # Without eps, an empty row (no real key) has den = 0 and num = 0: its output is 0. A NaN
+    # normaliser (a non-finite input) is not empty: it must propagate, not become a zero row.
+    nonempty = ops.logical_not(den <= 0.0)
+    return ops.where(nonempty, num, 0.0) / ops.where(nonempty, den, 1.0)
 
 
 def _exp_masked(exponent, allowed):

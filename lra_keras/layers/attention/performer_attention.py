@@ -238,8 +238,10 @@ class PerformerAttention(BaseAttention):
         z = ops.sum(phi_k, axis=2, keepdims=True)  # [B, H, 1, m]
         num = ops.matmul(num_q, kv)
         den = ops.sum(phi_q * z, axis=-1, keepdims=True)
-        positive = den > 0.0  # a query with no real key: output 0, not 0 / 0
-        out = ops.where(positive, num, 0.0) / ops.where(positive, den, 1.0)
+        # A query with no real key: output 0, not 0 / 0. `not <= 0` rather than `> 0`, so that
+        # a NaN normaliser (a non-finite input) propagates instead of becoming a zero row.
+        nonempty = ops.logical_not(den <= 0.0)
+        out = ops.where(nonempty, num, 0.0) / ops.where(nonempty, den, 1.0)
         return attention_utils.heads_last(out)
 
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
