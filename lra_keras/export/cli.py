@@ -1,5 +1,8 @@
 """`lra-export`: export a trained `lra-train` run as a reusable SavedModel and `.keras` archive.
 
+Runs on TensorFlow, for runs trained on either backend: a JAX run's best weights are
+`best/model.weights.h5` (Keras's backend-neutral weights file), its checkpoints `.npz` arrays.
+
 lra-export --model_dir runs/listops --out exports/listops [--overwrite] [--checkpoint best]
 """
 
@@ -52,6 +55,11 @@ def load_trained_model(model_dir: str, checkpoint: str = "best"):
     model = build_model_from_config(zoo_config)
     specs = {t.name.split(":")[0]: t.shape for t in model.inputs}
     model({name: tf.zeros((1,) + tuple(shape[1:]), tf.int32) for name, shape in specs.items()})
+    from lra_keras.training.run_state import saved_backend
+
+    if saved_backend(config) == "jax":
+        _restore_jax_run(model, model_dir, checkpoint)
+        return model, zoo_config
     folders = ["best", "checkpoints"] if checkpoint == "best" else ["checkpoints"]
     path = None
     for folder in folders:
@@ -78,6 +86,50 @@ def load_trained_model(model_dir: str, checkpoint: str = "best"):
     return model, zoo_config
 
 
+def _restore_jax_run(model, model_dir: str, checkpoint: str) -> None:
+    """Loads a JAX-trained run's weights: `best/model.weights.h5`, or its latest `.npz`.
+
+    Both are backend-neutral files (`lra_keras.training.backends.jax`): the `.weights.h5`
+    is Keras's own weights format; the checkpoint holds numpy arrays in the order of
+    `model.trainable_variables` and `model.non_trainable_variables`, which a model built from
+    the same config has on every backend.
+    """
+    import numpy as np
+
+    best = os.path.join(model_dir, "best", "model.weights.h5")
+    if checkpoint == "best" and os.path.isfile(best):
+        model.load_weights(best)
+        return
+    index = os.path.join(model_dir, "checkpoints", "checkpoint.json")
+    if not os.path.isfile(index):
+        raise FileNotFoundError(
+            f"No checkpoint under {model_dir}/{{best,checkpoints}}: train first with "
+            f"`lra-train --model_dir {model_dir} ...`."
+        )
+    with open(index) as f:
+        path = os.path.join(model_dir, "checkpoints", json.load(f)["latest"])
+    with np.load(path) as data:
+        meta = json.loads(bytes(data["meta"]).decode())
+        for group, variables in (
+            ("trainable", model.trainable_variables),
+            ("non_trainable", model.non_trainable_variables),
+        ):
+            entries = meta["variables"][group]
+            if len(entries) != len(variables):
+                raise ValueError(
+                    f"{path} holds {len(entries)} {group} variables; the model built from "
+                    f"{model_dir}/config.json has {len(variables)}."
+                )
+            for i, variable in enumerate(variables):
+                value = data[f"{group}/{i}"]
+                if tuple(value.shape) != tuple(variable.shape):
+                    raise ValueError(
+                        f"{path}: variable {i} ({entries[i][0]}) has shape {value.shape}; "
+                        f"the model's {variable.path} has {tuple(variable.shape)}."
+                    )
+                variable.assign(value.astype(variable.dtype))
+
+
 def check_out(out: str, model_dir: str) -> None:
     """Refuses an output folder that is, or holds, the run (overwrite would delete it)."""
     out_path, run_path = os.path.realpath(out), os.path.realpath(model_dir)
@@ -92,6 +144,14 @@ def check_out(out: str, model_dir: str) -> None:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise UserError(
+            f"lra-export writes a TensorFlow SavedModel and runs on the tensorflow backend; "
+            f"KERAS_BACKEND is {keras.backend.backend()}: rerun with KERAS_BACKEND=tensorflow "
+            "(runs trained on jax export so too)."
+        )
     check_out(FLAGS.out, FLAGS.model_dir)
     if os.path.exists(FLAGS.out):
         if not FLAGS.overwrite:

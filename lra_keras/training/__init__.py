@@ -1,4 +1,4 @@
-"""Training: one custom loop under any `tf.distribute` strategy, LRA schedules, the CLI.
+"""Training: one custom loop on TensorFlow (`tf.distribute`) or JAX, LRA schedules, the CLI.
 
 The names below load on first use, so that importing `lra_keras.training.cli` (the `lra-train`
 entry point) imports no TensorFlow before the CLI has set up oneDNN (`lra_keras.onednn`).
@@ -16,8 +16,17 @@ _EXPORTS = {
     "make_strategy": "strategies",
     "Trainer": "trainer",
     "parse_profile_steps": "trainer",
+    "train_task": "train_task",
 }
-_SUBMODULES = ("cli", "generation", "lra_schedule", "strategies", "trainer")
+_SUBMODULES = (
+    "backends",
+    "cli",
+    "generation",
+    "lra_schedule",
+    "strategies",
+    "train_task",
+    "trainer",
+)
 
 __all__ = [
     "SCHEDULES",
@@ -27,6 +36,7 @@ __all__ = [
     "compiled_lm_step",
     "make_strategy",
     "parse_profile_steps",
+    "train_task",
 ]
 
 

@@ -1,4 +1,8 @@
-"""`lra-train`: train an LRA task model with any attention under any `tf.distribute` strategy.
+"""`lra-train`: train an LRA task model with any attention, on TensorFlow or JAX.
+
+The backend is Keras's (`KERAS_BACKEND=jax` trains with a `jax.jit` step, numpy input and
+`keras.distribution`; see `lra_keras.training.backends`). From Python, call
+`lra_keras.training.train_task` with the same options.
 
     lra-train --task listops --attention local --preset tiny --data_dir data/listops \
         --model_dir runs/listops --num_train_steps 500 --profile_steps 5,8
@@ -18,8 +22,6 @@ export), save a checkpoint and stop, and the same command resumes it; 1 an inter
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
 import sys
@@ -29,7 +31,8 @@ from absl import app, flags, logging
 from lra_keras.onednn import enable_cpu_memory_statistics
 
 # Before anything imports TensorFlow: CPU allocator statistics (peak memory, --profile_steps
-# memory profile) on any x86 CPU, unless the user set TF_ENABLE_ONEDNN_OPTS.
+# memory profile) on any x86 CPU, unless the user set TF_ENABLE_ONEDNN_OPTS. (It sets an
+# environment variable only: a JAX run imports no TensorFlow.)
 enable_cpu_memory_statistics()
 
 FLAGS = flags.FLAGS
@@ -42,7 +45,8 @@ flags.DEFINE_enum(
     "strategy",
     "auto",
     ["auto", "default", "mirrored", "multi_worker", "tpu"],
-    "tf.distribute strategy; auto picks TPU > several GPUs > one device.",
+    "tf.distribute strategy; auto picks TPU > several GPUs > one device. On jax: auto and "
+    "mirrored are data parallel over the local devices, default is one device.",
 )
 flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
 flags.DEFINE_integer("batch_size", None, "Global batch size (default: the preset's).")
@@ -96,161 +100,47 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
-def build_run_config() -> dict:
-    """The zoo config of this run, from --task/--attention/--preset and the overrides."""
-    from lra_keras.zoo import get_config
-
-    overrides = parse_overrides(FLAGS.set)
-    for key in ("batch_size", "num_train_steps", "eval_every"):
-        if getattr(FLAGS, key) is not None:
-            overrides[key] = getattr(FLAGS, key)
-    if FLAGS.max_eval_batches is not None:
-        overrides["num_eval_steps"] = FLAGS.max_eval_batches
-    if FLAGS.task == "lm":
-        raise app.UsageError(
-            "lra-train trains the classification tasks; train the byte-level language model "
-            "with `python -m benchmarks.lm_memory` or ByteLanguageModel.fit."
-        )
-    try:
-        return get_config(FLAGS.task, FLAGS.attention, FLAGS.preset, **overrides)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
-
-
-def _exit_if_preempted(results: dict, phase: str) -> None:
+def _exit_if_preempted(results: dict, model_dir: str) -> None:
     if results.get("preempted"):
+        phase = " while pretraining" if results.get("phase") == "pretrain" else ""
         print(
             f"preempted{phase} at step {results['step']}: checkpoint saved in "
-            f"{FLAGS.model_dir}; run the same command to resume.",
+            f"{model_dir}; run the same command to resume.",
             file=sys.stderr,
         )
         sys.exit(PREEMPTED_EXIT_STATUS)
 
 
-def _check_pretrain_flags(config: dict) -> None:
-    if FLAGS.pretrain == "none":
-        if FLAGS.pretrain_steps:
-            raise app.UsageError("--pretrain_steps needs --pretrain masked or causal.")
-        return
-    if FLAGS.pretrain_steps <= 0:
-        raise app.UsageError(
-            f"--pretrain {FLAGS.pretrain} needs --pretrain_steps > 0, got {FLAGS.pretrain_steps}."
-        )
-    from lra_keras.zoo.pretraining import check_pretraining
-
-    try:
-        check_pretraining(config, FLAGS.pretrain)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
-
-
-def _pretrain(config: dict, train_data, strategy):
-    """The --pretrain phase in <model_dir>/pretrain; returns the pretrained model."""
-    from lra_keras.training.pretraining import pretrain_encoder
-
-    model, results = pretrain_encoder(
-        config,
-        FLAGS.pretrain,
-        steps=FLAGS.pretrain_steps,
-        train_data=train_data,
-        model_dir=FLAGS.model_dir,
-        seed=FLAGS.seed,
-        strategy=strategy,
-        grad_accum_steps=FLAGS.grad_accum_steps,
-        mixed_precision=FLAGS.mixed_precision,
-        jit_compile=FLAGS.jit_compile,
-        verbose=FLAGS.verbose,
-    )
-    _exit_if_preempted(results, " while pretraining")
-    return model
-
-
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config = build_run_config()
-    _check_pretrain_flags(config)
+    from lra_keras.training.train_task import train_task
 
-    import keras
-
-    from lra_keras.data import load
-    from lra_keras.errors import UserError
-    from lra_keras.training.strategies import make_strategy
-    from lra_keras.training.trainer import Trainer
-    from lra_keras.zoo import build_model_from_config
-    from lra_keras.zoo.pretraining import transfer_encoder_weights
-
-    keras.utils.set_random_seed(FLAGS.seed)
-    try:
-        strategy = make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
-    except ValueError as error:
-        # No TPU where --strategy tpu asks for one, a malformed TF_CONFIG.
-        raise UserError(f"--strategy {FLAGS.strategy}: {error}") from error
-    _hold_model_dir(strategy)
-    task, batch = config["task"], config["batch_size"]
-
-    data_options = _data_options(FLAGS.data_option)
-
-    def dataset(split):
-        return load(
-            task,
-            split,
-            FLAGS.data_dir,
-            batch,
-            max_length=config["max_length"],
-            seed=FLAGS.seed,
-            **data_options,
-        )
-
-    def datasets(splits):
-        try:
-            return {split: dataset(split) for split in splits}
-        except (OSError, ValueError) as error:
-            # The data folder and the task's data options are the user's.
-            raise UserError(f"{error} (--data_dir {FLAGS.data_dir}, --task {task})") from error
-
-    train_data = datasets(["train"])["train"]
-    model_fn = functools.partial(build_model_from_config, config)
-    run_info = {"seed": FLAGS.seed}
-    if data_options:
-        run_info["data_options"] = data_options  # resuming on other data is refused
-    if FLAGS.pretrain != "none":
-        pretrained = _pretrain(config, train_data, strategy)
-        run_info.update(pretrain=FLAGS.pretrain, pretrain_steps=FLAGS.pretrain_steps)
-
-        def model_fn():
-            # A resumed fine-tuning run restores its own checkpoint over these weights.
-            model = build_model_from_config(config)
-            transfer_encoder_weights(pretrained, model)
-            return model
-
-    # Validation and test are opened only now: the pretraining phase cannot read them.
-    eval_data = datasets(["validation", "test"])
-    trainer = Trainer(
-        model_fn,
-        train_data,
+    results = train_task(
+        FLAGS.task,
+        data_dir=FLAGS.data_dir,
         model_dir=FLAGS.model_dir,
-        batch_size=batch,
-        num_train_steps=config["num_train_steps"],
-        eval_data=eval_data,
-        strategy=strategy,
-        learning_rate=config["learning_rate"],
-        weight_decay=config["weight_decay"],
-        warmup_steps=config["warmup_steps"],
-        schedule=config["schedule"],
-        grad_clip_norm=config["grad_clip_norm"],
+        attention=FLAGS.attention,
+        preset=FLAGS.preset,
+        strategy=FLAGS.strategy,
+        tpu=FLAGS.tpu,
+        batch_size=FLAGS.batch_size,
         grad_accum_steps=FLAGS.grad_accum_steps,
-        eval_every=config["eval_every"],
-        max_eval_batches=config["num_eval_steps"],
+        num_train_steps=FLAGS.num_train_steps,
+        eval_every=FLAGS.eval_every,
+        max_eval_batches=FLAGS.max_eval_batches,
+        profile_steps=FLAGS.profile_steps,
         mixed_precision=FLAGS.mixed_precision,
         jit_compile=FLAGS.jit_compile,
-        profile_steps=FLAGS.profile_steps,
+        export=FLAGS.export,
+        overrides=parse_overrides(FLAGS.set),
+        data_options=_data_options(FLAGS.data_option),
+        seed=FLAGS.seed,
+        pretrain=FLAGS.pretrain,
+        pretrain_steps=FLAGS.pretrain_steps,
         verbose=FLAGS.verbose,
-        config={**config, "run": run_info},
-        export_fn="auto" if FLAGS.export else None,
     )
-    results = trainer.train()
-    _exit_if_preempted(results, "")
+    _exit_if_preempted(results, FLAGS.model_dir)
     best, last = results["best"], results["last"]
 
     def metrics(entry, split):
@@ -265,23 +155,6 @@ def main(argv) -> None:
     print(f"TensorBoard: tensorboard --logdir {os.path.join(FLAGS.model_dir, 'logs')}")
     if FLAGS.export and os.path.isdir(os.path.join(FLAGS.model_dir, "export")):
         print(f"export: {os.path.join(FLAGS.model_dir, 'export')}")
-
-
-# The run folder's lock, held until the process ends (the OS releases it then, even on kill -9).
-_PROCESS_LOCKS = contextlib.ExitStack()
-
-
-def _hold_model_dir(strategy) -> None:
-    """Refuses a --model_dir another live run holds, or one that cannot be written; the
-    chief holds it from here on and removes what an export killed midway left there."""
-    from lra_keras.export.saved_model import remove_unfinished_exports
-    from lra_keras.training.safeguards import lock_model_dir
-    from lra_keras.training.strategies import worker_info
-
-    if worker_info(strategy)[0]:
-        _PROCESS_LOCKS.enter_context(lock_model_dir(FLAGS.model_dir))
-        if "://" not in FLAGS.model_dir:
-            remove_unfinished_exports(os.path.join(FLAGS.model_dir, "export"))
 
 
 def _data_options(pairs: list[str]) -> dict:

@@ -1,4 +1,4 @@
-"""Evaluation over whole splits, and which validation is the best so far."""
+"""Evaluation over whole splits under a `tf.distribute` strategy (the TensorFlow backend)."""
 
 from __future__ import annotations
 
@@ -72,8 +72,3 @@ class Evaluator:
             "accuracy": totals[1] / totals[2],
             "examples": int(totals[2]),
         }
-
-
-def improves(best: dict | None, metrics: dict) -> bool:
-    """Whether validation `metrics` beat `best` (higher accuracy; the earlier step on a tie)."""
-    return best is None or metrics["accuracy"] > best["validation"]["accuracy"]

@@ -1,17 +1,20 @@
-"""Per-example loss and accuracy of the two kinds of model the trainer fits."""
+"""Per-example loss and accuracy of the two kinds of model the trainer fits.
+
+Written with `keras.ops`, so the TensorFlow and JAX training steps share them.
+"""
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 
 def classification(labels, logits):
     """Sparse softmax cross-entropy and 0/1 correctness, per example (`labels` `[batch]`)."""
-    logits = tf.cast(logits, tf.float32)
+    logits = ops.cast(logits, "float32")
     per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    predictions = tf.argmax(logits, axis=-1, output_type=labels.dtype)
-    return per_example, tf.cast(tf.equal(predictions, labels), tf.float32)
+    predictions = ops.cast(ops.argmax(logits, axis=-1), labels.dtype)
+    return per_example, ops.cast(ops.equal(predictions, labels), "float32")
 
 
 def token_prediction(labels, logits):
@@ -21,17 +24,17 @@ def token_prediction(labels, logits):
     id (`lra_keras.zoo.pretraining.IGNORE_LABEL`) where it is not; `logits` `[batch, length,
     vocab]`. An example with no scored token has loss and accuracy 0.
     """
-    logits = tf.cast(logits, tf.float32)
+    logits = ops.cast(logits, "float32")
     scored = labels >= 0
-    safe = tf.where(scored, labels, tf.zeros_like(labels))
+    safe = ops.where(scored, labels, ops.zeros_like(labels))
     per_token = keras.losses.sparse_categorical_crossentropy(safe, logits, from_logits=True)
-    weights = tf.cast(scored, tf.float32)
-    count = tf.maximum(tf.reduce_sum(weights, axis=-1), 1.0)
-    predictions = tf.argmax(logits, axis=-1, output_type=labels.dtype)
-    correct = tf.cast(tf.equal(predictions, labels), tf.float32) * weights
+    weights = ops.cast(scored, "float32")
+    count = ops.maximum(ops.sum(weights, axis=-1), 1.0)
+    predictions = ops.cast(ops.argmax(logits, axis=-1), labels.dtype)
+    correct = ops.cast(ops.equal(predictions, labels), "float32") * weights
     return (
-        tf.reduce_sum(per_token * weights, axis=-1) / count,
-        tf.reduce_sum(correct, axis=-1) / count,
+        ops.sum(per_token * weights, axis=-1) / count,
+        ops.sum(correct, axis=-1) / count,
     )
 
 

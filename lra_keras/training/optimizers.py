@@ -160,3 +160,27 @@ def build_optimizer(
     base = float(learning_rate)
     lr_groups = [(variables, rate / base if base > 0 else 0.0) for variables, rate in groups]
     return GroupedAdamW(lr_groups=lr_groups, no_decay=no_decay, **kwargs)
+
+
+def make_optimizer(
+    model, schedule, learning_rate: float, weight_decay: float, mixed_precision: str
+):
+    """The LRA optimizer: AdamW (beta_2 0.98, epsilon 1e-9) with decoupled weight decay.
+
+    State-space layers (s4d) declare parameters that train at their own learning rate without
+    weight decay (`lra_keras.training.optimizers.build_optimizer`); `model` must be built.
+    """
+    # Clipping is done by the step, not by Keras: Keras clips each replica's partial
+    # gradient before the all-reduce (and a scaled one under loss scaling).
+    optimizer = build_optimizer(
+        model,
+        schedule,
+        learning_rate=learning_rate,
+        weight_decay=float(weight_decay or 0.0),
+        beta_1=0.9,
+        beta_2=0.98,
+        epsilon=1e-9,
+    )
+    if mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer

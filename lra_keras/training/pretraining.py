@@ -5,10 +5,20 @@ from __future__ import annotations
 import os
 
 import keras
-import tensorflow as tf
 
-from lra_keras.training.pretraining_data import MASK_TOKENS, pretraining_dataset
 from lra_keras.zoo.pretraining import build_pretraining_model, check_pretraining
+
+
+def mask_token(task: str) -> int | None:
+    """The [MASK] id of `task` (`pretraining_data.MASK_TOKENS`), without TensorFlow if it can."""
+    if task != "listops":
+        return None
+    try:
+        from lra_keras.data.release_files import LISTOPS_OOV_ID  # no TensorFlow
+    except ImportError:
+        from lra_keras.data.encoding import LISTOPS_OOV_ID
+    return LISTOPS_OOV_ID
+
 
 # The pretraining phase's run folder inside the task run's `model_dir`.
 PRETRAIN_DIR = "pretrain"
@@ -19,7 +29,7 @@ def pretrain_encoder(
     objective: str,
     *,
     steps: int,
-    train_data: tf.data.Dataset,
+    train_data,
     model_dir: str,
     seed: int = 0,
     **trainer_kwargs,
@@ -36,7 +46,8 @@ def pretrain_encoder(
             `steps`).
         objective: `masked` (denoising) or `causal` (next token).
         steps: optimizer steps of the phase.
-        train_data: the task's training dataset of `(features, label)` batches.
+        train_data: the task's training dataset of `(features, label)` batches (tf.data on
+            TensorFlow, `lra_keras.data.load_numpy`'s on JAX).
         model_dir: the task run's folder.
         seed: seed of the corruption stream.
         **trainer_kwargs: further `Trainer` arguments (strategy, mixed_precision, ...).
@@ -48,13 +59,17 @@ def pretrain_encoder(
     from lra_keras.training.trainer import Trainer
 
     check_pretraining(config, objective)
+    if keras.backend.backend() == "tensorflow":
+        from lra_keras.training.pretraining_data import pretraining_dataset
+    else:
+        from lra_keras.training.pretraining_numpy import PretrainingBatches as pretraining_dataset
     data = pretraining_dataset(
         train_data,
         objective,
         vocab_size=config["vocab_size"],
         mask_padding=config["mask_padding"],
         seed=seed,
-        mask_token=MASK_TOKENS.get(config["task"]),
+        mask_token=mask_token(config["task"]) if objective == "masked" else None,
     )
     trainer = Trainer(
         lambda: build_pretraining_model(config, objective),

@@ -1,11 +1,16 @@
 """What a run keeps in `model_dir` to resume as the same run: checkpoints, config, records.
 
-model_dir/config.json       the run's configuration (a resume must match it)
-model_dir/checkpoints/      model, optimizer, step, data iterator, every model variable
+model_dir/config.json       the run's configuration (a resume must match it), with the backend
+model_dir/checkpoints/      model, optimizer, step, data position, every model variable
 model_dir/progress.json     the latest training figures and wall time, at each checkpoint
 model_dir/validation.json   every validation done: step -> metrics
 model_dir/best/             the best-validation weights and best.json
 model_dir/results.json      the final results
+
+The JSON files are the same on every backend; the checkpoint files are the backend's
+(`lra_keras.training.backends`: `tf.train.Checkpoint` on TensorFlow, `.npz` and
+`best/model.weights.h5` on JAX), so a run resumes only on the backend that wrote it.
+This module imports TensorFlow only for a path with a scheme (`gs://...`).
 """
 
 from __future__ import annotations
@@ -13,9 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 
-import tensorflow as tf
 from absl import logging
 
 from lra_keras.errors import UserError
@@ -25,12 +28,48 @@ RESUMABLE_KEYS = ("trainer.strategy", "trainer.num_replicas")
 # Zoo config keys added after runs were saved, with the value that reproduces those runs
 # (`lra_keras.zoo.config.LATER_KEYS`): a run saved without one resumes when it has that value.
 BACKFILLED_KEYS = {"norm": "layer", "input_encoding": "embedding", "no_weight_decay": []}
+# Runs written before the trainer recorded its backend were TensorFlow runs.
+DEFAULT_BACKEND = "tensorflow"
+# What marks trained state: tf.train.CheckpointManager's state files (TensorFlow), the
+# checkpoint index and the best weights (JAX, `backends/jax.py`).
+CHECKPOINT_FILES = (
+    ("checkpoints", "checkpoint"),
+    ("best", "checkpoint"),
+    ("checkpoints", "checkpoint.json"),
+    ("best", "model.weights.h5"),
+)
+
+
+def _remote(path: str) -> bool:
+    return "://" in str(path)
+
+
+def exists(path: str) -> bool:
+    if _remote(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path)
+    return os.path.exists(path)
+
+
+def makedirs(path: str) -> None:
+    if _remote(path):
+        import tensorflow as tf
+
+        tf.io.gfile.makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
 
 
 def read_json(path: str):
-    if not tf.io.gfile.exists(path):
+    if not exists(path):
         return None
-    with tf.io.gfile.GFile(path) as f:
+    if _remote(path):
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(path) as f:
+            return json.load(f)
+    with open(path) as f:
         return json.load(f)
 
 
@@ -61,9 +100,25 @@ def write_json(path: str, value) -> None:
     """
     text = json.dumps(finite_json(value), indent=2, allow_nan=False)
     partial = f"{path}.partial"
-    with tf.io.gfile.GFile(partial, "w") as f:
+    if _remote(path):
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(partial, "w") as f:
+            f.write(text)
+        tf.io.gfile.rename(partial, path, overwrite=True)
+        return
+    with open(partial, "w") as f:
         f.write(text)
-    tf.io.gfile.rename(partial, path, overwrite=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
+def saved_backend(config: dict | None) -> str | None:
+    """The backend a saved `config.json` was trained on (None without a config)."""
+    if config is None:
+        return None
+    return (config.get("trainer") or {}).get("backend", DEFAULT_BACKEND)
 
 
 def _flatten(value, prefix=""):
@@ -101,56 +156,52 @@ class RunState:
 
     Args:
         model_dir: the run's folder.
-        checkpoint: the `tf.train.Checkpoint` of the full training state.
-        best_checkpoint: the `tf.train.Checkpoint` of the model's variables only.
-        keep_checkpoints: how many training checkpoints to keep.
-        is_chief, worker_index: this worker's role.
+        checkpoints: the backend's checkpoint files (`lra_keras.training.backends`): an object
+            with `restore() -> int | None` (the restored step), `save(step)`,
+            `save_best(step)` and `restore_best()`.
+        is_chief: this worker writes the JSON files.
+        backend: the Keras backend training this run (recorded in `config.json`).
     """
 
-    def __init__(
-        self, model_dir, checkpoint, best_checkpoint, *, keep_checkpoints, is_chief, worker_index
-    ):
+    def __init__(self, model_dir, checkpoints, *, is_chief=True, backend=DEFAULT_BACKEND):
         self.model_dir = model_dir
         self.is_chief = is_chief
-        self.worker_index = worker_index
-        self.checkpoint = checkpoint
-        self.best_checkpoint = best_checkpoint
-        self.checkpoint_dir = os.path.join(model_dir, "checkpoints")
+        self.checkpoints = checkpoints
+        self.backend = backend
         self.best_dir = os.path.join(model_dir, "best")
-        self.manager = tf.train.CheckpointManager(
-            checkpoint, self._writable(self.checkpoint_dir), keep_checkpoints
-        )
-        self.best_manager = tf.train.CheckpointManager(
-            best_checkpoint, self._writable(self.best_dir), 1
-        )
 
     def _path(self, name: str) -> str:
         return os.path.join(self.model_dir, name)
 
-    def _writable(self, directory: str) -> str:
-        """Non-chief workers must save too (saving is collective) but into a scratch folder."""
-        if self.is_chief:
-            return directory
-        return os.path.join(directory, f".worker{self.worker_index}_tmp")
-
     # ------------------------------------------------------------------ config
 
     def has_checkpoint(self) -> bool:
-        """Whether the folder holds any trained state (a training or best checkpoint)."""
-        return bool(
-            tf.train.latest_checkpoint(self.checkpoint_dir)
-            or tf.train.latest_checkpoint(self.best_dir)
-        )
+        """Whether the folder holds trained state of either backend (training or best).
+
+        Files of both backends count, so that a folder trained on one is never taken as
+        empty by the other.
+        """
+        return any(exists(os.path.join(self.model_dir, *name)) for name in CHECKPOINT_FILES)
 
     def check_config(self, config: dict) -> None:
         """Refuses to continue a run in `model_dir` that was started with another config.
 
         A folder without any checkpoint holds nothing to continue (e.g. a start that ran out
-        of memory), so it takes the new config.
+        of memory), so it takes the new config. A run trained on another backend is refused,
+        naming both: its checkpoints are that backend's files.
         """
         saved = read_json(self._path("config.json"))
         if saved is None or not self.has_checkpoint():
             return
+        previous = saved_backend(saved)
+        if previous != self.backend:
+            raise UserError(
+                f"{self.model_dir} holds a run trained on the {previous} backend; it cannot "
+                f"resume on {self.backend} (its checkpoints are {previous}'s): resume it with "
+                f"KERAS_BACKEND={previous}, or train in a new --model_dir."
+            )
+        saved = json.loads(json.dumps(saved))
+        saved.setdefault("trainer", {}).setdefault("backend", DEFAULT_BACKEND)
         changes = config_differences(saved, config)
         if changes:
             raise UserError(
@@ -161,26 +212,24 @@ class RunState:
 
     def write_config(self, config: dict) -> None:
         if self.is_chief:
-            tf.io.gfile.makedirs(self.model_dir)
+            makedirs(self.model_dir)
             write_json(self._path("config.json"), json.loads(json.dumps(config, default=str)))
 
     # ------------------------------------------------------------------ checkpoints
 
-    def restore(self, step_variable) -> int:
-        """Restores the latest checkpoint if any; returns the step."""
-        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-            logging.info("Resumed from %s (step %d)", latest, int(step_variable.numpy()))
-        return int(step_variable.numpy())
+    def restore(self) -> int:
+        """Restores the latest checkpoint if any; returns its step (0 without one)."""
+        step = self.checkpoints.restore()
+        if step is None:
+            return 0
+        logging.info("Resumed from %s (step %d)", self.model_dir, step)
+        return int(step)
 
     def save(self, step: int, progress: dict) -> None:
         """Saves the training state at `step` and, after it, the run's progress figures."""
-        self.manager.save(checkpoint_number=step)
+        self.checkpoints.save(step)
         if self.is_chief:
             write_json(self._path("progress.json"), {"step": step, **progress})
-        else:
-            shutil.rmtree(self.manager.directory, ignore_errors=True)
 
     def read_progress(self, step: int) -> dict:
         """The figures saved with the checkpoint at `step` (none if they are from another)."""
@@ -203,17 +252,14 @@ class RunState:
 
     def save_best(self, step: int, metrics: dict) -> dict:
         """Keeps the current weights as the best; `best.json` is written after them."""
-        self.best_manager.save(checkpoint_number=step)
+        self.checkpoints.save_best(step)
         best = {"step": step, "validation": metrics}
         if self.is_chief:
             write_json(os.path.join(self.best_dir, "best.json"), best)
-        else:
-            shutil.rmtree(self.best_manager.directory, ignore_errors=True)
         return best
 
     def restore_best(self) -> None:
-        path = tf.train.latest_checkpoint(self.best_dir)
-        self.best_checkpoint.restore(path).assert_existing_objects_matched()
+        self.checkpoints.restore_best()
 
     # ------------------------------------------------------------------ results
 

@@ -1,4 +1,8 @@
-"""What a training run reports: TensorBoard scalars, the progress bar or log lines, traces."""
+"""What a training run reports: TensorBoard scalars, the progress bar or log lines, traces.
+
+The writers, the peak memory and the trace come from the training backend
+(`lra_keras.training.backends`); this module imports no TensorFlow itself.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,12 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from lra_keras.errors import UserError
 
 
-def peak_memory() -> dict:
+def peak_memory() -> dict:  # TensorFlow's figure; the JAX backend has its own
     """The peak memory figure and where it came from (`lra_keras.profiling.read_peak_memory`).
 
     `{"peak_memory_mib": float, "peak_memory_source": "allocator" | "rss"}`: the first GPU's
@@ -39,6 +42,8 @@ def profiler_trace(logdir: str):
         with trace(logdir):
             yield
         return
+    import tensorflow as tf
+
     tf.profiler.experimental.start(logdir)
     try:
         yield
@@ -76,24 +81,23 @@ def parse_profile_steps(value: str | tuple[int, int] | None) -> tuple[int, int] 
 class Summaries:
     """One run's reporting: train and validation writers, the training window, the trace.
 
-    Only the chief writes files; other workers get no-op writers.
+    Only the chief writes files; other workers get no-op writers. `backend` is the run's
+    training backend: its `summary_writer(logdir, enabled)` (None where the backend has no
+    TensorBoard writer), `peak_memory()` and `trace(logdir)`.
     """
 
-    def __init__(self, logdir, *, num_train_steps, batch_size, verbose, is_chief, profile):
+    def __init__(self, logdir, *, num_train_steps, batch_size, verbose, is_chief, profile, backend):
         self.logdir = logdir
         self.num_train_steps = num_train_steps
         self.batch_size = batch_size
         self.verbose = verbose
         self.is_chief = is_chief
         self.profile = profile
-        if is_chief:
-            self.writers = {
-                split: tf.summary.create_file_writer(os.path.join(logdir, split))
-                for split in ("train", "validation")
-            }
-        else:
-            noop = tf.summary.create_noop_writer()
-            self.writers = {"train": noop, "validation": noop}
+        self.backend = backend
+        self.writers = {
+            split: backend.summary_writer(os.path.join(logdir, split), is_chief)
+            for split in ("train", "validation")
+        }
         self.progbar = None
         self._trace = None
         self.reset_window()
@@ -114,7 +118,7 @@ class Summaries:
         """Opens the profiler trace when training step `step + 1` is its first."""
         if self.profile and step + 1 == self.profile[0] and self.is_chief:
             self._trace = contextlib.ExitStack()
-            self._trace.enter_context(profiler_trace(os.path.join(self.logdir, "train")))
+            self._trace.enter_context(self.backend.trace(os.path.join(self.logdir, "train")))
 
     def after_step(self, step: int, out: dict):
         self.window["loss"].append(out["loss"])
@@ -139,19 +143,14 @@ class Summaries:
             "steps_per_sec": self.window_steps / elapsed,
             "examples_per_sec": self.window_steps * self.batch_size / elapsed,
         }
-        figures.update(peak_memory())
-        with self.writers["train"].as_default(step=step):
-            for k, v in figures.items():
-                if not isinstance(v, str):
-                    tf.summary.scalar(k, v)
+        figures.update(self.backend.peak_memory())
+        self._write("train", step, {k: v for k, v in figures.items() if not isinstance(v, str)})
         self._report(step, figures)
         self.reset_window()
         return figures
 
     def log_validation(self, step: int, metrics: dict):
-        with self.writers["validation"].as_default(step=step):
-            tf.summary.scalar("loss", metrics["loss"])
-            tf.summary.scalar("accuracy", metrics["accuracy"])
+        self._write("validation", step, {k: metrics[k] for k in ("loss", "accuracy")})
         if self.verbose == 2 and self.is_chief:
             logging.info(
                 "step %d validation: loss %.4f accuracy %.4f",
@@ -161,6 +160,10 @@ class Summaries:
             )
         # Evaluation time is not training time.
         self.window_start = time.time()
+
+    def _write(self, split: str, step: int, values: dict) -> None:
+        if self.writers[split] is not None:
+            self.writers[split].scalars(step, values)
 
     def _report(self, step, values):
         if self.progbar is not None:
@@ -188,4 +191,5 @@ class Summaries:
     def close(self):
         self.close_trace()
         for w in self.writers.values():
-            w.flush()
+            if w is not None:
+                w.close()

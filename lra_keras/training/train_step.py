@@ -1,4 +1,5 @@
-"""The optimizer step under a `tf.distribute` strategy: data slicing, gradients, the update."""
+"""The optimizer step under a `tf.distribute` strategy (the TensorFlow backend): data slicing,
+gradients, the update."""
 
 from __future__ import annotations
 
@@ -6,31 +7,7 @@ import keras
 import tensorflow as tf
 
 from lra_keras.training import objectives
-from lra_keras.training.optimizers import build_optimizer
-
-
-def make_optimizer(
-    model, schedule, learning_rate: float, weight_decay: float, mixed_precision: str
-):
-    """The LRA optimizer: AdamW (beta_2 0.98, epsilon 1e-9) with decoupled weight decay.
-
-    State-space layers (s4d) declare parameters that train at their own learning rate without
-    weight decay (`lra_keras.training.optimizers.build_optimizer`); `model` must be built.
-    """
-    # Clipping is done by the step, not by Keras: Keras clips each replica's partial
-    # gradient before the all-reduce (and a scaled one under loss scaling).
-    optimizer = build_optimizer(
-        model,
-        schedule,
-        learning_rate=learning_rate,
-        weight_decay=float(weight_decay or 0.0),
-        beta_1=0.9,
-        beta_2=0.98,
-        epsilon=1e-9,
-    )
-    if mixed_precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
+from lra_keras.training.optimizers import make_optimizer  # noqa: F401 (its former home)
 
 
 class Batching:

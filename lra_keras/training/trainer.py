@@ -1,7 +1,10 @@
-"""One custom training loop for every `tf.distribute` strategy.
+"""One custom training loop for every backend and distribution.
 
-The loop is here; the step is in `train_step.py`, evaluation in `evaluation.py`, the run's
-files (checkpoints, config, records) in `run_state.py`, reporting in `summaries.py`.
+The loop is here; what differs per Keras backend (the compiled step, the data iterator,
+distribution, checkpoint files, TensorBoard writers) is in `backends/` (`tensorflow.py`: the
+step in `train_step.py`, evaluation in `evaluation.py`; `jax.py`), the run's JSON files
+(config, records, results) in `run_state.py`, reporting in `summaries.py`. On JAX nothing here
+imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,12 +18,11 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from lra_keras.errors import UserError, file_system_failure
 from lra_keras.training import objectives
-from lra_keras.training.evaluation import Evaluator, improves
+from lra_keras.training.backends import get_backend
 from lra_keras.training.lra_schedule import LRASchedule
 from lra_keras.training.run_state import RunState
 from lra_keras.training.safeguards import (
@@ -30,11 +32,9 @@ from lra_keras.training.safeguards import (
     lock_model_dir,
     out_of_memory_as_user_error,
 )
-from lra_keras.training.strategies import worker_info
 from lra_keras.training.summaries import Summaries, parse_profile_steps
-from lra_keras.training.train_step import Batching, TrainStep, make_optimizer
 
-__all__ = ["MIXED_PRECISION", "Trainer", "parse_profile_steps"]
+__all__ = ["MIXED_PRECISION", "Trainer", "improves", "parse_profile_steps"]
 
 
 class _Preempted(BaseException):
@@ -44,16 +44,9 @@ class _Preempted(BaseException):
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 
 
-def _check_data(train_data, eval_data) -> dict:
-    if not isinstance(train_data, tf.data.Dataset):
-        raise UserError(
-            f"`train_data` must be a tf.data.Dataset; received {type(train_data).__name__}."
-        )
-    eval_data = dict(eval_data or {})
-    for split, ds in eval_data.items():
-        if not isinstance(ds, tf.data.Dataset):
-            raise UserError(f"`eval_data[{split!r}]` must be a tf.data.Dataset.")
-    return eval_data
+def improves(best: dict | None, metrics: dict) -> bool:
+    """Whether validation `metrics` beat `best` (higher accuracy; the earlier step on a tie)."""
+    return best is None or metrics["accuracy"] > best["validation"]["accuracy"]
 
 
 def _positive(name, value, allow_none=False):
@@ -65,7 +58,17 @@ def _positive(name, value, allow_none=False):
 
 
 class Trainer:
-    """Trains a classifier (int labels, float32 logits) under any `tf.distribute` strategy.
+    """Trains a classifier (int labels, float32 logits) on TensorFlow or JAX.
+
+    One loop for both Keras backends (`lra_keras.training.backends`). On JAX: a `jax.jit`
+    stateless step (`model.stateless_call`, `optimizer.stateless_apply`) with the same loss,
+    clipping, accumulation and parameter groups as below, data parallel over the local devices
+    (`keras.distribution.DataParallel`), numpy input (`lra_keras.data.load_numpy`: anything
+    with `batches(epoch, start)`), `.npz` checkpoints (written whole, then renamed) holding
+    the model's and optimizer's variables, the step and the data position, and the best
+    weights as `best/model.weights.h5`; `mixed_float16` (loss scaling), `profile_steps` and the
+    multi-worker and TPU strategies are TensorFlow's only. A run folder resumes only on the
+    backend that wrote it (`config.json` records it). On TensorFlow:
 
     One loop for the default (one device), mirrored, multi-worker and TPU strategies:
     `strategy.run` on per-replica slices of the global batch, `tf.nn.compute_average_loss`
@@ -110,12 +113,15 @@ class Trainer:
     Args:
         model_fn: callable returning the model, called under `strategy.scope()`. Its inputs
             are the dataset's features; its output float32 logits `[batch, classes]`.
-        train_data: `tf.data.Dataset` of `(features, int labels)` batches.
+        train_data: `tf.data.Dataset` of `(features, int labels)` batches (TensorFlow), or a
+            `lra_keras.data.NumpyDataset` (JAX).
         model_dir: str. Checkpoints, TensorBoard logs (`logs/`), `results.json`.
         batch_size: int. Global examples per optimizer step.
         num_train_steps: int. Optimizer steps.
         eval_data: dict split name -> dataset (`"validation"`, `"test"`), optional.
-        strategy: a `tf.distribute.Strategy`; the current one by default.
+        strategy: a `tf.distribute.Strategy` (TensorFlow), a `keras.distribution.Distribution`
+            (JAX), or a `--strategy` name; by default the current strategy (TensorFlow) or
+            data parallel over all local devices (JAX).
         learning_rate, weight_decay, warmup_steps, schedule, steps_per_cycle: the LRA
             optimiser settings (`LRASchedule`; decoupled weight decay on all weights, as the
             reference's Adam, except state-space parameters: their own learning rate, no
@@ -161,13 +167,13 @@ class Trainer:
     def __init__(
         self,
         model_fn: Callable[[], keras.Model],
-        train_data: tf.data.Dataset,
+        train_data,
         *,
         model_dir: str,
         batch_size: int,
         num_train_steps: int,
-        eval_data: dict[str, tf.data.Dataset] | None = None,
-        strategy: tf.distribute.Strategy | None = None,
+        eval_data: dict | None = None,
+        strategy=None,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -207,7 +213,6 @@ class Trainer:
             grad_clip_norm = None
         if verbose not in (0, 1, 2):
             raise UserError(f"`verbose` must be 0, 1 or 2; received {verbose!r}.")
-        eval_data = _check_data(train_data, eval_data)
         self.model_dir = str(model_dir)
         self.jit_compile = bool(jit_compile)
         self.grad_clip_norm = None if grad_clip_norm is None else float(grad_clip_norm)
@@ -221,112 +226,53 @@ class Trainer:
             )
         self.objective = objective
 
-        self.strategy = strategy or tf.distribute.get_strategy()
-        self.is_chief, self.worker_index, self.num_workers = worker_info(self.strategy)
-        self.num_replicas = self.strategy.num_replicas_in_sync
+        self.backend = get_backend().TrainingBackend(
+            strategy,
+            batch_size=self.batch_size,
+            grad_accum_steps=self.grad_accum_steps,
+            mixed_precision=self.mixed_precision,
+        )
+        self.backend.check_options(profile_steps=self.profile_steps)
+        eval_data = self.backend.check_data(train_data, eval_data)
+        self.strategy = getattr(self.backend, "strategy", None)
+        self.is_chief = self.backend.is_chief
+        self.worker_index = self.backend.worker_index
+        self.num_workers = self.backend.num_workers
+        self.num_replicas = self.backend.num_replicas
         if self.batch_size % (self.grad_accum_steps * self.num_replicas):
             raise UserError(
                 f"`batch_size` ({self.batch_size}) must be divisible by grad_accum_steps "
                 f"({self.grad_accum_steps}) x replicas ({self.num_replicas})."
             )
-        self.batching = Batching(
-            self.strategy, self.num_workers, self.worker_index, self.batch_size, grad_accum_steps
+        self.schedule = LRASchedule(
+            learning_rate,
+            warmup_steps=warmup_steps,
+            schedule=schedule,
+            steps_per_cycle=steps_per_cycle or self.num_train_steps,
         )
+        self.backend.set_dtype_policy()
         with out_of_memory_as_user_error("while building the model"):
-            self._build(
-                model_fn,
-                train_data,
-                learning_rate,
-                weight_decay,
-                warmup_steps,
-                schedule,
-                steps_per_cycle,
+            self.model, self.optimizer = self.backend.build(
+                model_fn, train_data, self.schedule, learning_rate, weight_decay
             )
-        self._wire(train_data, eval_data)
+        self._train_iterator, self._train_fn, self.evaluator, checkpoints = self.backend.wire(
+            train_data,
+            eval_data,
+            model_dir=self.model_dir,
+            keep_checkpoints=self.keep_checkpoints,
+            max_eval_batches=self.max_eval_batches,
+            jit_compile=self.jit_compile,
+            grad_clip_norm=self.grad_clip_norm,
+            objective=self.objective,
+        )
+        self.state = RunState(
+            self.model_dir, checkpoints, is_chief=self.is_chief, backend=self.backend.name
+        )
         self._stop_requested = self._finishing = False
         self._watch = LossWatch()
 
-    def _build(
-        self,
-        model_fn,
-        train_data,
-        learning_rate,
-        weight_decay,
-        warmup_steps,
-        schedule,
-        steps_per_cycle,
-    ):
-        if self.mixed_precision != "none":
-            keras.config.set_dtype_policy(self.mixed_precision)
-        with self.strategy.scope():
-            self.model = model_fn()
-            if not self.model.built:
-
-                def zeros(s):
-                    return tf.zeros([1 if d is None else d for d in s.shape.as_list()], s.dtype)
-
-                spec = train_data.element_spec[0]
-                self.model(tf.nest.map_structure(zeros, spec), training=False)
-            self.schedule = LRASchedule(
-                learning_rate,
-                warmup_steps=warmup_steps,
-                schedule=schedule,
-                steps_per_cycle=steps_per_cycle or self.num_train_steps,
-            )
-            self.optimizer = make_optimizer(
-                self.model, self.schedule, learning_rate, weight_decay, self.mixed_precision
-            )
-            self.optimizer.build(self.model.trainable_variables)
-            self.step = tf.Variable(
-                0,
-                dtype=tf.int64,
-                trainable=False,
-                name="train_step",
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
-
-    def _wire(self, train_data, eval_data):
-        """The data iterator, the evaluator, the run's files and the step, around the model."""
-        self._train_iterator = iter(self.batching.prepare_train(train_data))
-        self.evaluator = Evaluator(
-            self.model,
-            self.strategy,
-            self.batching,
-            eval_data,
-            self.max_eval_batches,
-            self.jit_compile,
-            self.objective,
-        )
-        all_vars = list(self.model.variables)
-        checkpoint = tf.train.Checkpoint(
-            model=self.model,
-            optimizer=self.optimizer,
-            step=self.step,
-            model_variables=all_vars,
-            iterator=self._train_iterator,
-        )
-        best_checkpoint = tf.train.Checkpoint(model=self.model, model_variables=all_vars)
-        self.state = RunState(
-            self.model_dir,
-            checkpoint,
-            best_checkpoint,
-            keep_checkpoints=self.keep_checkpoints,
-            is_chief=self.is_chief,
-            worker_index=self.worker_index,
-        )
-        self._train_fn = TrainStep(
-            self.model,
-            self.optimizer,
-            self.strategy,
-            batch_size=self.batch_size,
-            grad_accum_steps=self.grad_accum_steps,
-            grad_clip_norm=self.grad_clip_norm,
-            jit_compile=self.jit_compile,
-            objective=self.objective,
-        )
-
     def _distribute(self, batch):
-        return self.batching.distribute(batch)
+        return self.backend.distribute(batch)
 
     def evaluate(self, split: str) -> dict:
         """Loss and accuracy over `split` (at most `max_eval_batches` batches)."""
@@ -334,7 +280,7 @@ class Trainer:
 
     def restore(self) -> int:
         """Restores the latest checkpoint in `model_dir` if any; returns the step."""
-        return self.state.restore(self.step)
+        return self.state.restore()
 
     # ------------------------------------------------------------------ loop
 
@@ -414,6 +360,7 @@ class Trainer:
             verbose=self.verbose,
             is_chief=self.is_chief,
             profile=self.profile_steps,
+            backend=self.backend,
         )
         best = self.state.read_best()
         has_val = "validation" in self.evaluator
@@ -444,13 +391,13 @@ class Trainer:
                     for _ in range(self.grad_accum_steps)
                 )
                 out = self._train_fn(micro)
-                self.step.assign_add(1)
+                self.backend.advance()
                 step += 1
                 summaries.after_step(step, out)
                 self._watch.add(step, out["loss"])
                 if self._due(step, self.log_every):
                     self._watch.check()  # nothing is logged from a diverged run
-                    lr = float(self.schedule(self.optimizer.iterations - 1))
+                    lr = self.backend.learning_rate(self.schedule)
                     last_train = summaries.log_train(step, lr)
                 # Validate before checkpointing: a checkpointed step is a validated step.
                 if has_val and self._due(step, self.eval_every):
@@ -488,14 +435,13 @@ class Trainer:
                 "jit_compile": self.jit_compile,
                 "grad_clip_norm": self.grad_clip_norm,
                 "schedule": self.schedule.get_config(),
-                "strategy": type(self.strategy).__name__,
-                "num_replicas": self.num_replicas,
-                "num_workers": self.num_workers,
+                "backend": self.backend.name,
+                **self.backend.describe(),
             },
         }
 
     def _final_results(self, best, last_train, wall_time) -> dict:
-        step = int(self.step.numpy())
+        step = self.backend.step
         last = {"step": step}
         for split in ("validation", "test"):
             if split in self.evaluator:
@@ -526,23 +472,14 @@ class Trainer:
         """Export hook (the best weights are loaded when this runs)."""
         if not self.is_chief or self.export_fn is None:
             return
-        fn = self.export_fn
-        if fn == "auto":
-            try:
-                from lra_keras import export as export_module
-            except ImportError:
-                export_module = None
-            fn = getattr(export_module, "export_saved_model", None)
-            if fn is None:
-                logging.info("lra_keras.export.export_saved_model is not available; no export.")
-                return
         path = os.path.join(self.model_dir, "export")
         try:
             if self.export_fn == "auto":
                 # The run owns its export folder: a resumed run replaces it.
-                fn(self.model, path, config=self.config, overwrite=True)
+                if not self.backend.export(self.model, path, self.config):
+                    return
             else:
-                fn(self.model, path)
+                self.export_fn(self.model, path)
         except Exception as error:
             reason = file_system_failure(error)
             if reason is None:

@@ -96,3 +96,25 @@ def test_bad_arguments_are_one_line(tmp_path):
         lra_protocol.main(["--tasks=text", f"--out_dir={tmp_path}"])
     with pytest.raises(SystemExit, match="--budget_s must be > 0"):
         lra_protocol.main(["--budget_s=0", f"--out_dir={tmp_path}"])
+
+
+def test_smoke_on_jax_where_tensorflow_is_not_installed(tmp_path):
+    from tests.backends import no_tensorflow
+
+    blocker = no_tensorflow.blocker_dir(tmp_path / "blocker")
+    out_dir = tmp_path / "out"
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    done = no_tensorflow.run_python(
+        ["-m", "benchmarks.lra_protocol", "--smoke", f"--out_dir={out_dir}"],
+        blocker,
+        cwd=ROOT,
+        timeout=900,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _rows(out_dir)
+    assert [(r["task"], r["status"], r["backend"]) for r in rows] == [
+        ("listops", "ok", "jax"),
+        ("pathfinder", "ok", "jax"),
+    ], rows
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 and r["steps"] == 2 for r in rows)

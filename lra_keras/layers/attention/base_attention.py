@@ -283,8 +283,6 @@ class BaseAttention(keras.layers.Layer):
     supports_attention_mask = False
     # Whether rotary positions can be applied to this variant's queries and keys.
     supports_rotary = True
-    # Kernelised variants rotate their feature maps inside `_attend` instead (RoFormer).
-    rotary_on_features = False
     # False for variants with no probability tensor (linear, performer): they refuse
     # `dropout > 0` rather than ignore it, and the zoo passes them attention dropout 0.
     has_attention_probabilities = True
@@ -541,10 +539,10 @@ class BaseAttention(keras.layers.Layer):
     def _rotate_queries_and_keys(self, q, k):
         """Rotary positions on projected queries and keys (positions 0.., aligned at 0).
 
-        Variants whose attention is not a dot product of q and k (the kernelised ones) override
-        this and rotate inside `_attend`.
+        Kernelised variants (linear, performer) take them here too: rotated before the feature
+        map, their features stay positive and their normaliser valid.
         """
-        if self._rotary_embedding is None or self.rotary_on_features:
+        if self._rotary_embedding is None:
             return q, k
         return self._rotary_embedding(q), self._rotary_embedding(k)
 
