@@ -28,6 +28,7 @@ from lra_keras.layers.attention.sparse_attention import SparseAttention
 from lra_keras.layers.attention.synthesizer_attention import SynthesizerAttention
 from lra_keras.layers.attention.token_mixer import TokenMixer
 from lra_keras.layers.encoder.lra_encoder import LRAEncoder
+from lra_keras.layers.encoder.masked_batch_normalization import MaskedBatchNormalization
 from lra_keras.layers.encoder.position_embedding import PositionEmbedding
 from lra_keras.layers.encoder.rotary_embedding import RotaryEmbedding
 from lra_keras.layers.encoder.sequence_pooling import SequencePooling
@@ -53,6 +54,7 @@ __all__ = [
     "LinformerAttention",
     "LocalAttention",
     "LongformerAttention",
+    "MaskedBatchNormalization",
     "MegaMixing",
     "MemoryCompressedAttention",
     "NystromAttention",

@@ -25,6 +25,9 @@ from lra_keras.errors import UserError
 
 # Keys a resumed run may change: the hardware it runs on, not what it computes.
 RESUMABLE_KEYS = ("trainer.strategy", "trainer.num_replicas")
+# Zoo config keys added after runs were saved, with the value that reproduces those runs
+# (`lra_keras.zoo.config.LATER_KEYS`): a run saved without one resumes when it has that value.
+BACKFILLED_KEYS = {"norm": "layer", "input_encoding": "embedding", "no_weight_decay": []}
 # Runs written before the trainer recorded its backend were TensorFlow runs.
 DEFAULT_BACKEND = "tensorflow"
 # What marks trained state: tf.train.CheckpointManager's state files (TensorFlow), the
@@ -138,6 +141,8 @@ def config_differences(saved: dict, new: dict) -> list[str]:
     for key in sorted(set(saved) | set(new)):
         old, now = saved.get(key, missing), new.get(key, missing)
         if key.startswith("run.") and not has_run_section:
+            continue
+        if old is missing and key in BACKFILLED_KEYS and now == BACKFILLED_KEYS[key]:
             continue
         if old != now and key not in RESUMABLE_KEYS:
             old = "(unset)" if old is missing else json.dumps(old)

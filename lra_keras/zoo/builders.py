@@ -36,6 +36,9 @@ def encoder_from_config(config: dict, causal: bool = False) -> LRAEncoder:
         positions=config.get("positions"),
         mask_padding=config["mask_padding"],
         causal=causal,
+        norm=config.get("norm", "layer"),
+        input_encoding=config.get("input_encoding", "embedding"),
+        pixel_stats=presets.PIXEL_STATS.get(config["task"], (0.5, 0.5)),
         name="encoder",
     )
 
@@ -116,7 +119,10 @@ def build_model_from_config(config: dict) -> keras.Model:
         inputs = {"tokens": tokens}
     logits = _dense(num_classes, "logits", dtype="float32")(x)
     name = f"lra_{config['task']}_{config['attention']}"
-    return keras.Model(inputs=inputs, outputs=logits, name=name)
+    model = keras.Model(inputs=inputs, outputs=logits, name=name)
+    # Read by `lra_keras.training.optimizers.build_optimizer` (a tuple: Keras does not track it).
+    model.no_weight_decay = tuple(config["no_weight_decay"])
+    return model
 
 
 def build_model(

@@ -9,8 +9,9 @@ import math
 import keras
 
 from lra_keras.layers import ATTENTIONS
-from lra_keras.layers.encoder.lra_encoder import POSITION_MODES
+from lra_keras.layers.encoder.lra_encoder import INPUT_ENCODINGS, POSITION_MODES
 from lra_keras.layers.encoder.sequence_pooling import POOLING_MODES
+from lra_keras.layers.encoder.transformer_encoder_block import NORMS
 from lra_keras.zoo import presets
 
 SCHEDULES = ("rsqrt", "cosine")
@@ -42,6 +43,8 @@ MODEL_KEYS = (
     "positions",
     "mask_padding",
     "attention_kwargs",
+    "norm",
+    "input_encoding",
 )
 TRAINING_KEYS = (
     "batch_size",
@@ -53,7 +56,18 @@ TRAINING_KEYS = (
     "grad_clip_norm",
     "eval_every",
     "num_eval_steps",
+    "no_weight_decay",
 )
+# Keys added after configs were first saved, and the value that reproduces those configs.
+LATER_KEYS = {
+    "positions": None,
+    "norm": "layer",
+    "input_encoding": "embedding",
+    "no_weight_decay": [],
+}
+# What `no_weight_decay` may name (lra_keras.training.optimizers.NO_WEIGHT_DECAY_GROUPS;
+# spelled out here so the zoo does not import training).
+NO_WEIGHT_DECAY_NAMES = ("norm", "bias", "embedding")
 # Keys `**overrides` may set; `task`, `attention` and `preset` are the positional arguments.
 OVERRIDE_KEYS = MODEL_KEYS + TRAINING_KEYS
 CONFIG_KEYS = ("task", "attention", "preset") + OVERRIDE_KEYS
@@ -214,7 +228,7 @@ def _preset_config(task: str, attention: str, preset: str) -> dict:
         "max_length": None,
         "image_shape": None,
         "mask_padding": not info.get("grid", False),
-        "positions": None,
+        **copy.deepcopy(LATER_KEYS),
     }
     config.update(copy.deepcopy(lra["data"]))
     if preset == "lra":
@@ -229,14 +243,13 @@ def _preset_config(task: str, attention: str, preset: str) -> dict:
         config.update(presets.SMALL_MODEL)
         config.update(lra["training"])
         attention_kwargs = lra["attention_kwargs"].get(attention, {})
-    if preset != "tiny" and attention == "s4d":
-        # A state-space model with its own (S4) model and training settings.
-        s4d_config, attention_kwargs = presets.s4d_preset(task, preset)
-        config.update(s4d_config)
-    if preset != "tiny" and attention == "mega":
-        # Mega's own (paper) model and training settings.
-        mega_config, attention_kwargs = presets.mega_preset(task, preset)
-        config.update(mega_config)
+    if preset != "tiny" and attention in presets.STATE_SPACE_PRESETS:
+        # A state-space model with its own paper's model and training settings.
+        ssm_config, attention_kwargs = presets.state_space_preset(attention, task, preset)
+        config.update(ssm_config)
+        # The tables name the papers' settings; a mixer gets those its constructor takes.
+        params = attention_parameters(ATTENTIONS[attention])
+        attention_kwargs = {k: v for k, v in attention_kwargs.items() if k in params}
     if preset == "tiny":
         config.update(presets.TINY_MODEL)
         config.update(presets.TINY_TRAINING)
@@ -363,8 +376,10 @@ def validate_config(config: dict) -> dict:
             {k: v for k, v in config.items() if k not in ("task", "attention", "preset")}
             | {"vocab_size": 257},
         )
-    # Configs saved before `positions` existed follow their `learned_positions`.
-    config.setdefault("positions", None)
+    # Configs saved before a key existed keep the behaviour they were trained with (and
+    # `positions` follows their `learned_positions`).
+    for key, value in LATER_KEYS.items():
+        config.setdefault(key, copy.deepcopy(value))
     missing = [k for k in CONFIG_KEYS if k not in config]
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if missing or unknown:
@@ -422,6 +437,20 @@ def validate_config(config: dict) -> dict:
         raise ValueError(
             f"Config key `pooling` must be one of {list(POOLING_MODES)}, got {config['pooling']!r}."
         )
+    if config["norm"] not in NORMS:
+        raise ValueError(f"Config key `norm` must be one of {list(NORMS)}, got {config['norm']!r}.")
+    if config["norm"] != "layer" and config["attention"] in presets.RECURRENT_ATTENTIONS:
+        raise ValueError(
+            f"Config key `norm` must be 'layer' for the segment-recurrent "
+            f"'{config['attention']}' encoder, got {config['norm']!r}."
+        )
+    _check_input_encoding(config)
+    nwd = config["no_weight_decay"]
+    if not isinstance(nwd, list | tuple) or not set(nwd) <= set(NO_WEIGHT_DECAY_NAMES):
+        raise ValueError(
+            f"Config key `no_weight_decay` must be a list of names among "
+            f"{list(NO_WEIGHT_DECAY_NAMES)}, got {nwd!r}."
+        )
     if config["schedule"] not in SCHEDULES:
         raise ValueError(
             f"Config key `schedule` must be one of {list(SCHEDULES)}, got {config['schedule']!r}."
@@ -435,6 +464,19 @@ def validate_config(config: dict) -> dict:
             f"Config key `attention_kwargs` must be a dict, got {config['attention_kwargs']!r}."
         )
     return config
+
+
+def _check_input_encoding(config: dict) -> None:
+    encoding = config["input_encoding"]
+    if encoding not in INPUT_ENCODINGS:
+        raise ValueError(
+            f"Config key `input_encoding` must be one of {list(INPUT_ENCODINGS)}, got {encoding!r}."
+        )
+    if encoding == "linear" and not presets.TASKS[config["task"]].get("grid", False):
+        raise ValueError(
+            f"input_encoding='linear' reads token ids as pixel values and applies to the "
+            f"image tasks only; task '{config['task']}' has token ids (use 'embedding')."
+        )
 
 
 def _resolve_positions(config: dict) -> None:

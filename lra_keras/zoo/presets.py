@@ -334,8 +334,10 @@ TINY_ATTENTION = {
 # dropout, learning rate, batch, training steps, epochs, state size N, dt range. Every task:
 # AdamW, weight decay 0.05, cosine decay after a 10% linear warmup, bidirectional, mean
 # pooling, the state-space parameters at learning rate 0.001 without weight decay.
-# Not carried over: the zoo's block is pre-LayerNorm with an MLP after the mixer (S4's block
-# is the S4 layer alone under BatchNorm, pre- or post-norm as listed: recorded, not applied);
+# Carried over: the normalisation (`norm`, BatchNorm on every task) and, on the image tasks,
+# normalised pixel values through a linear encoder (`input_encoding="linear"`).
+# Not carried over: the zoo's block has an MLP after the mixer (S4's block is the S4 layer
+# alone), and is always pre-norm (the table's pre-norm column is recorded, not applied);
 # its A and B are per channel (the repo shares one copy, `n_ssm: 1`, on listops/imdb/aan/
 # cifar) with S4D-Lin initialisation (the repo: `init: legs`); on listops/imdb/aan the repo
 # trains dt at the base learning rate (`lr.dt: null`), here at 0.001 with A and B.
@@ -359,22 +361,183 @@ def s4d_preset(task: str, preset: str) -> tuple[dict, dict]:
     `lra`: the table above. `small`: the same optimiser at a quarter of the steps, on half
     the depth (at least 2) and a quarter of the width (at least 64).
     """
-    depth, width, _, _, dropout, lr, batch, steps, epochs, state, dt = S4D_LRA_TABLE[task]
-    steps_per_epoch = steps // epochs
+    depth, width, norm, _, dropout, lr, batch, steps, epochs, state, dt = S4D_LRA_TABLE[task]
+    row = {
+        "depth": depth,
+        "width": width,
+        "state_dim": state,
+        "learning_rate": lr,
+        "ssm_learning_rate": S4D_SSM_LEARNING_RATE,
+        "weight_decay": 0.05,
+        "batch_size": batch,
+        "num_train_steps": steps,
+        "warmup_steps": steps // 10,
+        "steps_per_epoch": steps // epochs,
+        "norm": norm,
+        "pooling": "mean",
+        "dropout": dropout,
+        "attention_kwargs": {"dt_min": dt[0], "dt_max": dt[1]},
+    }
+    return _state_space_config(row, task, preset)
+
+
+# The pixel normalisation of `input_encoding="linear"`, (mean, std) on the [0, 1] scale.
+# CIFAR-10 grayscale: S4's (state-spaces/s4 example.py and its CIFAR loader:
+# `Normalize(mean=122.6 / 255.0, std=61.0 / 255.0)`; S5 copies it). Pathfinder and Path-X:
+# (0.5, 0.5), i.e. x * 2 - 1, as Mega's LRA commands (`--pixel-normalization 0.5 0.5`).
+PIXEL_STATS = {
+    "image": (122.6 / 255.0, 61.0 / 255.0),
+    "pathfinder": (0.5, 0.5),
+    "pathfinder64": (0.5, 0.5),
+    "pathx": (0.5, 0.5),
+    "pathfinder256": (0.5, 0.5),
+}
+_GRID_TASKS = tuple(PIXEL_STATS)
+# Training examples per epoch, as the S4 table's steps * batch / epochs imply (LRA's splits).
+_TRAIN_EXAMPLES = {
+    "listops": 96000,
+    "text": 25000,
+    "retrieval": 160000,
+    "image": 45000,
+    "pathfinder": 160000,
+    "pathx": 160000,
+}
+
+
+def _state_space_config(row: dict, task: str, preset: str) -> tuple[dict, dict]:
+    """(config keys, attention_kwargs) from one row of a state-space model's LRA table."""
+    depth, width, steps = row["depth"], row["width"], row["num_train_steps"]
+    warmup = row["warmup_steps"]
     if preset == "small":
-        depth, width, steps = max(2, depth // 2), max(64, width // 4), steps // 4
+        depth, width = max(2, depth // 2), max(64, width // 4)
+        steps, warmup = steps // 4, warmup // 4
+    dropout = row["dropout"]
     config = _model(depth, 1, width, width, 2 * width, dropout=dropout, attention_dropout=dropout)
     config.update(
-        _train(batch, lr, 0.05, steps // 10, "cosine", steps, steps_per_epoch),
-        pooling="mean",
+        _train(
+            row["batch_size"],
+            row["learning_rate"],
+            row["weight_decay"],
+            warmup,
+            "cosine",
+            steps,
+            row["steps_per_epoch"],
+            clip=row.get("grad_clip_norm"),
+        ),
+        pooling=row["pooling"],
+        norm=row["norm"],
+        input_encoding="linear" if task in _GRID_TASKS else "embedding",
+        no_weight_decay=list(row.get("no_weight_decay", [])),
     )
-    kwargs = {
-        "state_dim": state,
-        "dt_min": dt[0],
-        "dt_max": dt[1],
-        "ssm_learning_rate": S4D_SSM_LEARNING_RATE,
-    }
+    kwargs = {"state_dim": row["state_dim"], "ssm_learning_rate": row["ssm_learning_rate"]}
+    kwargs.update(row.get("attention_kwargs", {}))
     return config, kwargs
+
+
+def _epochs_row(task, depth, width, state, dropout, lr, ssm_lr, batch, epochs, wd, **extra):
+    steps_per_epoch = _TRAIN_EXAMPLES[task] // batch
+    row = {
+        "depth": depth,
+        "width": width,
+        "state_dim": state,
+        "dropout": dropout,
+        "learning_rate": lr,
+        "ssm_learning_rate": ssm_lr,
+        "batch_size": batch,
+        "num_train_steps": epochs * steps_per_epoch,
+        "steps_per_epoch": steps_per_epoch,
+        "weight_decay": wd,
+        "norm": "batch",
+        "pooling": "mean",
+    }
+    row.update(extra)
+    row.setdefault("warmup_steps", steps_per_epoch)
+    return row
+
+
+# ----------------------------------------------------------------- S5 (the `s5` mixer)
+# Smith, Warrington and Linderman, "Simplified State Space Layers for Sequence Modeling",
+# ICLR 2023, appendix table of LRA hyperparameters, as the authors' run scripts set them
+# (github.com/lindermanlab/S5, commit d133f4d, bin/run_experiments/run_lra_{listops,imdb,aan,
+# cifar,pathfinder,pathx}.sh): depth (n_layers), width H (d_model), state size P
+# (ssm_size_base), dropout, learning rate (lr_factor * ssm_lr_base), SSM learning rate
+# (ssm_lr_base), batch, epochs, weight decay. Every task: batchnorm=True, bidirectional,
+# mean pooling ("pool"), cosine decay after a one-epoch linear warmup (warmup_end=1; imdb 0).
+# Not carried over: the number of blocks J of the block-diagonal initialisation (8, 12, 16,
+# 3, 8, 16), C's initialisation, the GLU activation; steps = epochs * examples / batch.
+S5_LRA_TABLE = {
+    "listops": _epochs_row("listops", 8, 128, 16, 0.0, 0.003, 0.001, 50, 40, 0.04),
+    "text": _epochs_row("text", 6, 256, 192, 0.1, 0.004, 0.001, 50, 35, 0.07, warmup_steps=0),
+    "retrieval": _epochs_row("retrieval", 6, 128, 256, 0.0, 0.002, 0.001, 32, 20, 0.05),
+    "image": _epochs_row("image", 6, 512, 384, 0.1, 0.0045, 0.001, 50, 250, 0.07),
+    "pathfinder": _epochs_row("pathfinder", 6, 192, 256, 0.05, 0.0045, 0.0009, 64, 200, 0.03),
+    "pathx": _epochs_row(
+        "pathx", 6, 128, 256, 0.0, 0.0018, 0.0006, 32, 75, 0.06, attention_kwargs={"dt_min": 1e-4}
+    ),
+}
+
+# ----------------------------------------------------------------- LRU (the `lru` mixer)
+# Orvieto et al., "Resurrecting Recurrent Neural Networks for Long Sequences", ICML 2023,
+# appendix D. Its per-task LRA table could not be checked here, so every number is left at
+# the S4D preset's (the table above) rather than recalled: only the model name differs.
+# Replace these rows with the appendix's values when they can be cited.
+
+
+def _lru_row(task: str) -> dict:
+    config, kwargs = s4d_preset(task, "lra")
+    row = {
+        "depth": config["num_layers"],
+        "width": config["embed_dim"],
+        "state_dim": kwargs["state_dim"],
+        "dropout": config["dropout"],
+        "learning_rate": config["learning_rate"],
+        "ssm_learning_rate": kwargs["ssm_learning_rate"],
+        "batch_size": config["batch_size"],
+        "num_train_steps": config["num_train_steps"],
+        "warmup_steps": config["warmup_steps"],
+        "steps_per_epoch": config["eval_every"],
+        "weight_decay": config["weight_decay"],
+        "norm": config["norm"],
+        "pooling": config["pooling"],
+    }
+    return row
+
+
+LRU_LRA_TABLE = {task: _lru_row(task) for task in _TRAIN_EXAMPLES}
+for _table in (S5_LRA_TABLE, LRU_LRA_TABLE):
+    # Not in the papers: Pathfinder-64 as Pathfinder-32, Pathfinder-256 as Path-X.
+    _table["pathfinder64"] = _table["pathfinder"]
+    _table["pathfinder256"] = _table["pathx"]
+
+# Model name -> its LRA table. A model with a preset function of its own (s4d, mega) is
+# routed to it by `state_space_preset`.
+STATE_SPACE_TABLES = {"s5": S5_LRA_TABLE, "lru": LRU_LRA_TABLE}
+STATE_SPACE_PRESETS = ("s4d", "mega") + tuple(STATE_SPACE_TABLES)
+
+
+def state_space_preset(name: str, task: str, preset: str) -> tuple[dict, dict]:
+    """(config keys, attention_kwargs) of the state-space model `name` on `task`.
+
+    `lra`: the model's table above; `small`: the same optimiser at a quarter of the steps, on
+    half the depth (at least 2) and a quarter of the width (at least 64). The kwargs hold
+    `state_dim` and `ssm_learning_rate` (and s4d's dt range); the zoo passes those the
+    mixer's constructor takes.
+    """
+    if name == "s4d":
+        return s4d_preset(task, preset)
+    if name == "mega":
+        config, kwargs = mega_preset(task, preset)
+        # The recipe keys of Mega's README.lra.md: --norm-type batchnorm/syncbatchnorm on the
+        # image tasks ("batch"; layernorm and scalenorm elsewhere stay "layer"), and
+        # --input-type image: pixel values, not tokens (S4's CIFAR statistics here; the
+        # README's 0.48/0.24 is not carried over).
+        norm = MEGA_LRA_MODEL[task][5]
+        config.update(
+            norm="batch" if norm == "batch" else "layer",
+            input_encoding="linear" if task in _GRID_TASKS else "embedding",
+        )
+        return config, kwargs
+    return _state_space_config(STATE_SPACE_TABLES[name][task], task, preset)
 
 
 TINY_ATTENTION["s4d"] = {"state_dim": 16}

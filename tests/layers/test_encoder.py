@@ -149,7 +149,7 @@ def test_sequence_pooling():
     cls = keras.ops.convert_to_numpy(SequencePooling("cls")(x, mask=mask))
     np.testing.assert_array_equal(cls, x[:, 0])
     with pytest.raises(ValueError, match="`mode` must be one of"):
-        SequencePooling("max")
+        SequencePooling("median")
 
 
 def test_block_matches_its_formula():
@@ -218,3 +218,46 @@ def test_encoder_input_errors():
         enc(np.ones((1, 13), "int32"))
     with pytest.raises(ValueError, match="integer token ids"):
         encoder()(np.ones((1, 12), "float32"))
+
+
+def test_max_and_last_pooling_use_real_tokens_only():
+    x = np.random.default_rng(1).normal(size=(4, 6, 3)).astype("float32")
+    mask = lengths_mask([6, 3, 1, 0], 6)
+    # Padded positions hold values that would win a max and sit at position L - 1.
+    x[~mask] = 1e6
+    got_max = keras.ops.convert_to_numpy(SequencePooling("max")(x, mask=mask))
+    got_last = keras.ops.convert_to_numpy(SequencePooling("last")(x, mask=mask))
+    for row, n in enumerate([6, 3, 1]):
+        np.testing.assert_array_equal(got_max[row], x[row, :n].max(0))
+        np.testing.assert_array_equal(got_last[row], x[row, n - 1])
+    # A fully padded row: zeros, not -inf or the padded values.
+    np.testing.assert_array_equal(got_max[3], 0.0)
+    np.testing.assert_array_equal(got_last[3], 0.0)
+    # Real tokens need not be a prefix: `last` is the last True of the mask.
+    holes = np.array([[True, False, True, False, False, False]] * 4)
+    got = keras.ops.convert_to_numpy(SequencePooling("last")(x, mask=holes))
+    np.testing.assert_array_equal(got, x[:, 2])
+    # Without a mask every position is real.
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(SequencePooling("max")(x)), x.max(1))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(SequencePooling("last")(x)), x[:, -1])
+
+
+def test_linear_input_encoding_feeds_normalised_pixels_to_a_dense():
+    enc = encoder(
+        vocab_size=256,
+        input_encoding="linear",
+        pixel_stats=(0.4, 0.2),
+        mask_padding=False,
+    )
+    tokens = np.random.default_rng(2).integers(0, 256, size=(2, 12)).astype("int32")
+    enc.build(tokens.shape)
+    assert isinstance(enc.token_embedding, keras.layers.Dense)
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in enc.token_embedding.weights)
+    got = keras.ops.convert_to_numpy(enc._encode_tokens(tokens))
+    values = (tokens / 255.0 - 0.4) / 0.2
+    np.testing.assert_allclose(got, values[..., None] * kernel[0] + bias, rtol=1e-5, atol=1e-5)
+    assert tuple(enc(tokens).shape) == (2, 12, 16)
+    clone = LRAEncoder.from_config(enc.get_config())
+    assert clone.input_encoding == "linear" and clone.pixel_stats == (0.4, 0.2)
+    with pytest.raises(ValueError, match="input_encoding"):
+        encoder(input_encoding="onehot")

@@ -88,3 +88,84 @@ def test_under_loss_scaling_and_tf_function():
     assert all(not np.array_equal(a, b) for a, b in zip(before, after, strict=True)), (
         "every weight moves"
     )
+
+
+class _DeclaringMixer(keras.layers.Layer):
+    """Not s4d: any layer that declares state-space variables and their learning rate."""
+
+    ssm_learning_rate = 0.004
+
+    def build(self, shape):
+        self.a = self.add_weight(name="a", shape=(shape[-1],), initializer="ones")
+        self.w = self.add_weight(name="w", shape=(shape[-1],), initializer="ones")
+
+    @property
+    def state_space_variables(self):
+        return [self.a]
+
+    def call(self, x):
+        return x * self.a * self.w
+
+
+def _decay_step(optimizer, variables):
+    """One step with zero gradients from all-ones weights: Adam moves nothing, so only
+    decoupled decay acts (a weight is either 1 or 1 - lr * weight_decay after it)."""
+    for v in variables:
+        v.assign(np.ones(v.shape, "float32"))
+    before = [v.numpy().copy() for v in variables]
+    optimizer.apply_gradients([(np.zeros(v.shape, "float32"), v) for v in variables])
+    return {v.path: (b, v.numpy()) for v, b in zip(variables, before, strict=True)}
+
+
+def test_any_layer_declaring_state_space_variables_gets_its_group():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, _DeclaringMixer(name="mixer")(inputs))
+    optimizer = build_optimizer(model, 0.01, learning_rate=0.01, weight_decay=0.5)
+    assert isinstance(optimizer, GroupedAdamW)
+    moved = _decay_step(optimizer, model.trainable_variables)
+    np.testing.assert_array_equal(*moved["mixer/a"])  # no decay on the state-space variable
+    np.testing.assert_allclose(moved["mixer/w"][1], 1.0 - 0.01 * 0.5)
+    # Its learning rate: a unit gradient moves `a` by ~lr * 0.004 / 0.01 in Adam's first step.
+    optimizer = build_optimizer(model, 0.01, learning_rate=0.01)
+    a = model.get_layer("mixer").a
+    start = a.numpy().copy()
+    optimizer.apply_gradients([(np.ones(v.shape, "float32"), v) for v in model.trainable_variables])
+    np.testing.assert_allclose(start - a.numpy(), 0.004, rtol=1e-3)
+
+
+def test_no_weight_decay_groups_exclude_norms_biases_and_embeddings():
+    from lra_keras.zoo import build_model
+
+    model = build_model("listops", "full", "tiny", no_weight_decay=["norm", "bias", "embedding"])
+    assert model.no_weight_decay == ("norm", "bias", "embedding")
+    optimizer = build_optimizer(model, 0.1, learning_rate=0.1, weight_decay=0.5)
+    moved = _decay_step(optimizer, model.trainable_variables)
+    kept = {p for p, (b, a) in moved.items() if np.array_equal(b, a)}
+    decayed = {p for p, (b, a) in moved.items() if np.allclose(a, 1 - 0.05, atol=1e-7)}
+    assert kept | decayed == set(moved)
+    norms = {p for p in moved if "norm" in p.split("/")[-2]}
+    biases = {p for p in moved if p.endswith("/bias")}
+    assert norms and biases and {"encoder/token_embedding/embeddings"} <= kept
+    assert norms | biases <= kept
+    assert all(p.endswith("/kernel") for p in decayed) and decayed
+    # Only some groups: biases alone.
+    model = build_model("listops", "full", "tiny", no_weight_decay=["bias"])
+    moved = _decay_step(
+        build_optimizer(model, 0.1, learning_rate=0.1, weight_decay=0.5),
+        model.trainable_variables,
+    )
+    kept = {p for p, (b, a) in moved.items() if np.array_equal(b, a)}
+    assert kept and all(p.endswith("/bias") for p in kept)
+
+
+def test_default_config_keeps_plain_adamw_and_unknown_groups_are_refused():
+    from lra_keras.zoo import build_model
+
+    model = build_model("listops", "full", "tiny")
+    assert model.no_weight_decay == ()
+    optimizer = build_optimizer(model, 1e-3, learning_rate=1e-3, weight_decay=0.1)
+    assert type(optimizer) is keras.optimizers.AdamW
+    import pytest
+
+    with pytest.raises(ValueError, match="no_weight_decay"):
+        build_optimizer(model, 1e-3, learning_rate=1e-3, no_weight_decay=["gamma"])

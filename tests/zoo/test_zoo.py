@@ -253,7 +253,7 @@ def _copy_weights(source, target):
         dst.assign(value)
 
 
-@pytest.mark.parametrize("pooling", ["mean", "cls"])
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max", "last"])
 @pytest.mark.parametrize("learned_positions", [False, True])
 def test_padding_does_not_change_logits(pooling, learned_positions):
     """A sequence padded to 10 or to 19 tokens gives the same logits (mean over real only)."""
@@ -424,7 +424,7 @@ def test_clear_errors_for_bad_values():
     with pytest.raises(ValueError, match="qkv_dim.*multiple of `num_heads`"):
         get_config("text", "full", "tiny", num_heads=3)
     with pytest.raises(ValueError, match="pooling"):
-        get_config("text", "full", "tiny", pooling="max")
+        get_config("text", "full", "tiny", pooling="median")
     with pytest.raises(ValueError, match="schedule"):
         get_config("text", "full", "tiny", schedule="linear")
     with pytest.raises(ValueError, match="square number"):

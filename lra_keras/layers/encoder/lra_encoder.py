@@ -8,7 +8,11 @@ from keras import ops
 from lra_keras.layers.attention.registry import ATTENTIONS
 from lra_keras.layers.encoder.position_embedding import PositionEmbedding
 from lra_keras.layers.encoder.sinusoidal_position_embedding import SinusoidalPositionEmbedding
-from lra_keras.layers.encoder.transformer_encoder_block import TransformerEncoderBlock
+from lra_keras.layers.encoder.transformer_encoder_block import (
+    NORMS,
+    TransformerEncoderBlock,
+    make_norm,
+)
 from lra_keras.layers.recurrence.segment_recurrent_encoder import (
     BLOCKS as RECURRENT_BLOCKS,
 )
@@ -17,6 +21,8 @@ from lra_keras.layers.recurrence.segment_recurrent_encoder import SegmentRecurre
 # How positions enter the encoder: added to the embeddings (a learned table or sinusoids), or
 # rotated into every block's queries and keys (RoFormer).
 POSITION_MODES = ("learned", "sinusoidal", "rotary")
+# How token ids enter: a learned table per id, or (pixels) a normalised value through a Dense.
+INPUT_ENCODINGS = ("embedding", "linear")
 
 
 @keras.saving.register_keras_serializable(package="lra_keras")
@@ -50,6 +56,12 @@ class LRAEncoder(keras.layers.Layer):
         positions: str. "learned", "sinusoidal" or "rotary" (RoFormer rotations of each
             block's queries and keys, `rotary=True` on the attention; variants without a
             query-key dot product refuse it); None follows `learned_positions`.
+        norm: str. "layer" (LayerNormalization, LRA's) or "batch" (padding-aware
+            `MaskedBatchNormalization`) for every block's pre-norms and the final norm.
+        input_encoding: str. "embedding" (a table row per id) or "linear": ids are pixel
+            values 0..255, fed as `(id / 255 - mean) / std` to a Dense(embed_dim), as S4/S5
+            feed LRA's images.
+        pixel_stats: (mean, std) of `linear`'s normalisation, on the [0, 1] scale.
         **kwargs: Base layer arguments.
 
     Call arguments:
@@ -91,9 +103,32 @@ class LRAEncoder(keras.layers.Layer):
         mask_padding: bool = True,
         causal: bool = False,
         positions: str | None = None,
+        norm: str = "layer",
+        input_encoding: str = "embedding",
+        pixel_stats: tuple[float, float] = (0.5, 0.5),
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if norm not in NORMS:
+            raise ValueError(f"LRAEncoder: `norm` must be one of {list(NORMS)}, got {norm!r}.")
+        if input_encoding not in INPUT_ENCODINGS:
+            raise ValueError(
+                f"LRAEncoder: `input_encoding` must be one of {list(INPUT_ENCODINGS)}, got "
+                f"{input_encoding!r}."
+            )
+        pixel_stats = tuple(float(v) for v in pixel_stats)
+        if len(pixel_stats) != 2 or not pixel_stats[1] > 0:
+            raise ValueError(
+                f"LRAEncoder: `pixel_stats` must be (mean, std > 0), got {pixel_stats!r}."
+            )
+        if norm != "layer" and attention in RECURRENT_BLOCKS:
+            raise ValueError(
+                f"LRAEncoder: `norm` must be 'layer' for the segment-recurrent "
+                f"'{attention}' encoder (its blocks carry LayerNorms of their own)."
+            )
+        self.norm = norm
+        self.input_encoding = input_encoding
+        self.pixel_stats = pixel_stats
         self.vocab_size = int(vocab_size)
         self.max_length = int(max_length)
         self.embed_dim = int(embed_dim)
@@ -119,13 +154,18 @@ class LRAEncoder(keras.layers.Layer):
         self.learned_positions = positions == "learned"
         if positions == "rotary":
             self._check_rotary()
-        self.token_embedding = keras.layers.Embedding(
-            self.vocab_size,
-            self.embed_dim,
-            embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
-            dtype=self.dtype_policy,
-            name="token_embedding",
-        )
+        if input_encoding == "linear":
+            self.token_embedding = keras.layers.Dense(
+                self.embed_dim, dtype=self.dtype_policy, name="pixel_encoder"
+            )
+        else:
+            self.token_embedding = keras.layers.Embedding(
+                self.vocab_size,
+                self.embed_dim,
+                embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
+                dtype=self.dtype_policy,
+                name="token_embedding",
+            )
         seq_length = self.max_length + int(self.use_cls_token)
         block_attention_kwargs = dict(self.attention_kwargs)
         if self.positions == "rotary":
@@ -167,14 +207,13 @@ class LRAEncoder(keras.layers.Layer):
                     attention_kwargs=block_attention_kwargs,
                     dropout=self.dropout,
                     attention_dropout=self.attention_dropout,
+                    norm=self.norm,
                     dtype=self.dtype_policy,
                     name=f"block_{i}",
                 )
                 for i in range(self.num_layers)
             ]
-        self.final_norm = keras.layers.LayerNormalization(
-            epsilon=1e-6, dtype=self.dtype_policy, name="encoder_norm"
-        )
+        self.final_norm = make_norm(self.norm, "encoder_norm", self.dtype_policy)
 
     def _check_rotary(self) -> None:
         if self.attention in RECURRENT_BLOCKS:
@@ -194,7 +233,10 @@ class LRAEncoder(keras.layers.Layer):
             raise ValueError(
                 f"LRAEncoder: token length {tokens_shape[1]} exceeds max_length {self.max_length}."
             )
-        self.token_embedding.build(tokens_shape)
+        if self.input_encoding == "linear":
+            self.token_embedding.build(tuple(tokens_shape) + (1,))
+        else:
+            self.token_embedding.build(tokens_shape)
         if self.use_cls_token:
             self.cls_token = self.add_weight(
                 name="cls_token", shape=(1, 1, self.embed_dim), initializer="zeros"
@@ -227,7 +269,7 @@ class LRAEncoder(keras.layers.Layer):
                 f"LRAEncoder: `tokens` must be integer token ids, got dtype {tokens.dtype}."
             )
         mask = self.padding_mask(tokens)
-        x = self.token_embedding(tokens)
+        x = self._encode_tokens(tokens)
         if self.use_cls_token:
             cls = ops.broadcast_to(
                 ops.cast(self.cls_token, x.dtype), (ops.shape(x)[0], 1, self.embed_dim)
@@ -240,7 +282,16 @@ class LRAEncoder(keras.layers.Layer):
             x = block(x, padding_mask=mask, training=training, use_causal_mask=self.causal)
         if self.recurrent is not None:
             x = self.recurrent(x, padding_mask=mask, training=training)
+        if self.norm == "batch":
+            return self.final_norm(x, mask=mask, training=training)
         return self.final_norm(x)
+
+    def _encode_tokens(self, tokens):
+        if self.input_encoding == "embedding":
+            return self.token_embedding(tokens)
+        mean, std = self.pixel_stats
+        values = (ops.cast(tokens, "float32") / 255.0 - mean) / std
+        return self.token_embedding(ops.cast(values[..., None], self.compute_dtype))
 
     def compute_mask(self, tokens, mask=None):
         return self.padding_mask(tokens)
@@ -268,6 +319,9 @@ class LRAEncoder(keras.layers.Layer):
                 "mask_padding": self.mask_padding,
                 "causal": self.causal,
                 "positions": self.positions,
+                "norm": self.norm,
+                "input_encoding": self.input_encoding,
+                "pixel_stats": list(self.pixel_stats),
             }
         )
         return config

@@ -5,6 +5,22 @@ from __future__ import annotations
 import keras
 
 from lra_keras.layers.attention.registry import ATTENTIONS, get_attention
+from lra_keras.layers.encoder.masked_batch_normalization import MaskedBatchNormalization
+
+NORMS = ("layer", "batch")
+
+
+def make_norm(norm: str, name: str, dtype=None) -> keras.layers.Layer:
+    """The pre-norm layer: LayerNormalization (LRA's) or padding-aware batch norm.
+
+    Batch norm uses PyTorch's BatchNorm1d defaults, as S4/S5's LRA code does (momentum 0.1
+    there is 0.9 in Keras' convention, epsilon 1e-5).
+    """
+    if norm == "layer":
+        return keras.layers.LayerNormalization(epsilon=1e-6, dtype=dtype, name=name)
+    if norm == "batch":
+        return MaskedBatchNormalization(momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
+    raise ValueError(f"`norm` must be one of {list(NORMS)}, got {norm!r}.")
 
 
 def default_attention_dropout(attention: str, attention_dropout: float | None) -> float:
@@ -33,6 +49,9 @@ class TransformerEncoderBlock(keras.layers.Layer):
         attention_dropout: float or None. Dropout on attention probabilities; None means 0.1
             for variants that form probabilities and 0 for those that do not (linear,
             performer, fnet refuse a non-zero value).
+        norm: str. The two pre-norms: "layer" (LayerNormalization, LRA's) or "batch"
+            (`MaskedBatchNormalization`, as S4/S5/LRU on LRA's image tasks: statistics over
+            real tokens only, moving statistics at inference).
         **kwargs: Base layer arguments.
 
     Call arguments:
@@ -70,9 +89,15 @@ class TransformerEncoderBlock(keras.layers.Layer):
         attention_kwargs: dict | None = None,
         dropout: float = 0.1,
         attention_dropout: float | None = None,
+        norm: str = "layer",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if norm not in NORMS:
+            raise ValueError(
+                f"TransformerEncoderBlock: `norm` must be one of {list(NORMS)}, got {norm!r}."
+            )
+        self.norm = norm
         self.num_heads = int(num_heads)
         self.key_dim = int(key_dim)
         self.mlp_dim = int(mlp_dim)
@@ -90,12 +115,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
             name="attention",
             **self.attention_kwargs,
         )
-        self.attention_norm = keras.layers.LayerNormalization(
-            epsilon=1e-6, dtype=self.dtype_policy, name="attention_norm"
-        )
-        self.mlp_norm = keras.layers.LayerNormalization(
-            epsilon=1e-6, dtype=self.dtype_policy, name="mlp_norm"
-        )
+        self.attention_norm = make_norm(norm, "attention_norm", self.dtype_policy)
+        self.mlp_norm = make_norm(norm, "mlp_norm", self.dtype_policy)
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.mlp_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.output_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
@@ -125,7 +146,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
     def call(self, inputs, padding_mask=None, training=None, use_causal_mask=False, mask=None):
         if padding_mask is None:
             padding_mask = mask
-        x = self.attention_norm(inputs)
+        x = self._normalise(self.attention_norm, inputs, padding_mask, training)
         x = self.attention_layer(
             x,
             x,
@@ -135,11 +156,16 @@ class TransformerEncoderBlock(keras.layers.Layer):
             use_causal_mask=use_causal_mask,
         )
         x = inputs + self.dropout_layer(x, training=training)
-        y = self.mlp_norm(x)
+        y = self._normalise(self.mlp_norm, x, padding_mask, training)
         y = keras.activations.gelu(self.mlp_in(y), approximate=False)
         y = self.mlp_dropout(y, training=training)
         y = self.output_dropout(self.mlp_out(y), training=training)
         return x + y
+
+    def _normalise(self, norm, x, padding_mask, training):
+        if self.norm == "layer":
+            return norm(x)
+        return norm(x, mask=padding_mask, training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -155,6 +181,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
                 "attention_kwargs": self.attention_kwargs,
                 "dropout": self.dropout,
                 "attention_dropout": self.attention_dropout,
+                "norm": self.norm,
             }
         )
         return config
