@@ -229,10 +229,10 @@ def _preset_config(task: str, attention: str, preset: str) -> dict:
         config.update(presets.SMALL_MODEL)
         config.update(lra["training"])
         attention_kwargs = lra["attention_kwargs"].get(attention, {})
-    if preset != "tiny" and attention == "s4d":
-        # A state-space model with its own (S4) model and training settings.
-        s4d_config, attention_kwargs = presets.s4d_preset(task, preset)
-        config.update(s4d_config)
+    if preset != "tiny" and attention in presets.STATE_SPACE_PRESETS:
+        # A state-space model with its own paper's model and training settings.
+        ssm_config, attention_kwargs = presets.STATE_SPACE_PRESETS[attention](task, preset)
+        config.update(ssm_config)
     if preset == "tiny":
         config.update(presets.TINY_MODEL)
         config.update(presets.TINY_TRAINING)

@@ -378,3 +378,81 @@ def s4d_preset(task: str, preset: str) -> tuple[dict, dict]:
 
 
 TINY_ATTENTION["s4d"] = {"state_dim": 16}
+
+# ----------------------------------------------------------------- S5 (the `s5` mixer)
+# S5's LRA runs as its repository gives them (github.com/lindermanlab/S5, commit d133f4d,
+# bin/run_experiments/run_lra_{listops,imdb,aan,cifar,pathfinder,pathx}.sh), the runs behind
+# the LRA results of Smith, Warrington and Linderman, ICLR 2023. Columns: depth, width H,
+# state size P, blocks J, C_init, activation (hg1/hg2: half_glu1/2), batch, epochs,
+# lr_factor (learning rate = lr_factor * ssm_lr), ssm_lr, dropout, weight decay, warmup
+# epochs, clip_eigs, dt_min. Every task: bidirectional, batch norm (recorded, not applied:
+# the zoo's block is pre-LayerNorm with an MLP after the mixer), mean
+# pooling, AdamW with cosine decay after a linear warmup, dt_max 0.1.
+# Not carried over: the optimiser groups of `opt_config` (the zoo trains Lambda, log_step
+# and B at ssm_lr without weight decay, S5's `standard`; listops and cifar use
+# `BfastandCdecay`, B at the base rate with decay; pathx `BandCdecay`, B decayed at ssm_lr;
+# `dt_global` puts log_step at the base rate on imdb and aan).
+_LECUN, _TRUNC, _CPLX = "lecun_normal", "trunc_standard_normal", "complex_normal"
+# fmt: off
+S5_LRA_TABLE = {
+    "listops": (8, 128, 16, 8, _LECUN, "hg2", 50, 40, 3, 0.001, 0.0, 0.04, 1, False, 1e-3),
+    "text": (6, 256, 192, 12, _LECUN, "hg2", 50, 35, 4, 0.001, 0.1, 0.07, 0, False, 1e-3),
+    "retrieval": (6, 128, 256, 16, _TRUNC, "hg1", 32, 20, 2, 0.001, 0.0, 0.05, 1, False, 1e-3),
+    "image": (6, 512, 384, 3, _LECUN, "hg1", 50, 250, 4.5, 0.001, 0.1, 0.07, 1, True, 1e-3),
+    "pathfinder": (6, 192, 256, 8, _TRUNC, "hg1", 64, 200, 5, 0.0009, 0.05, 0.03, 1, False, 1e-3),
+    "pathx": (6, 128, 256, 16, _CPLX, "hg1", 32, 75, 3, 0.0006, 0.0, 0.06, 1, False, 1e-4),
+}
+# fmt: on
+# Not in the repository: Pathfinder-64 as Pathfinder-32, Pathfinder-256 as Path-X.
+S5_LRA_TABLE["pathfinder64"] = S5_LRA_TABLE["pathfinder"]
+S5_LRA_TABLE["pathfinder256"] = S5_LRA_TABLE["pathx"]
+# Training examples per epoch (LRA's splits; reference section 1): steps = epochs * this / batch.
+S5_TRAIN_EXAMPLES = {
+    "listops": 96000,
+    "text": 25000,
+    "retrieval": 147086,
+    "image": 45000,
+    "pathfinder": 160000,
+    "pathx": 160000,
+    "pathfinder64": 160000,
+    "pathfinder256": 160000,
+}
+
+
+def s5_preset(task: str, preset: str) -> tuple[dict, dict]:
+    """(config keys, attention_kwargs) of the `s5` mixer on `task` for `lra` or `small`.
+
+    `lra`: the table above. `small`: the same optimiser at a quarter of the steps, on half
+    the depth (at least 2) and a quarter of the width (at least 64).
+    """
+    row = S5_LRA_TABLE[task]
+    depth, width, state, blocks, c_init, activation, batch, epochs = row[:8]
+    lr_factor, ssm_lr, dropout, wd, warmup_epochs, clip_eigs, dt_min = row[8:]
+    steps_per_epoch = S5_TRAIN_EXAMPLES[task] // batch
+    steps = epochs * steps_per_epoch
+    warmup = warmup_epochs * steps_per_epoch
+    if preset == "small":
+        depth, width = max(2, depth // 2), max(64, width // 4)
+        steps, warmup = steps // 4, warmup // 4
+    config = _model(depth, 1, width, width, 2 * width, dropout=dropout, attention_dropout=dropout)
+    config.update(
+        _train(batch, lr_factor * ssm_lr, wd, warmup, "cosine", steps, steps_per_epoch),
+        pooling="mean",
+    )
+    kwargs = {
+        "state_dim": state,
+        "blocks": blocks,
+        "C_init": c_init,
+        "activation": {"hg1": "half_glu1", "hg2": "half_glu2"}[activation],
+        "clip_eigs": clip_eigs,
+        "dt_min": dt_min,
+        "dt_max": 0.1,
+        "ssm_learning_rate": ssm_lr,
+    }
+    return config, kwargs
+
+
+TINY_ATTENTION["s5"] = {"state_dim": 16, "blocks": 2}
+TINY_ATTENTION["lru"] = {"state_dim": 16}
+# The mixers whose `lra` and `small` presets are their own papers' configurations.
+STATE_SPACE_PRESETS = {"s4d": s4d_preset, "s5": s5_preset}

@@ -102,6 +102,10 @@ CASES: dict[str, dict] = {
     # sum of the inputs and cannot select by content (0.27 pointer); a fixed look-back is
     # exactly what its causal kernel learns (1.00).
     "s4d": {"kwargs": {}, "pointer": 0.22, "margin": 0.12},
+    # Linear time-invariant recurrences like s4d: a fixed, position-weighted sum reaches
+    # position 0 (LRU_POINTER, S5_POINTER); a fixed look-back is what a causal scan learns.
+    "lru": {"kwargs": {"state_dim": 32}, "pointer": 0.22, "margin": 0.12},
+    "s5": {"kwargs": {"state_dim": 32, "blocks": 4}, "pointer": 0.22, "margin": 0.12},
 }
 
 
