@@ -4,8 +4,8 @@ S4 and S4D train the state-space parameters (the step size dt, A and B) at a sma
 learning rate (0.001 on LRA) and without weight decay, while every other weight follows the
 run's learning rate and weight decay (Gu et al. 2022, S4 appendix D.2; the reference code
 registers each such tensor with its own `lr` and `weight_decay=0.0`). Layers that want this
-expose `state_space_variables` and `ssm_learning_rate` (`S4DMixing`); `build_optimizer` reads
-them from the model.
+expose `state_space_variables` and `ssm_learning_rate` (`S4DMixing`, `LRUMixing`, `S5Mixing`);
+`build_optimizer` reads them from the model.
 """
 
 from __future__ import annotations

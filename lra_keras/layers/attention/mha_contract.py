@@ -51,7 +51,7 @@ def check_attention_dropout(layer, dropout) -> None:
 def refuse_rotary(layer, kwargs: dict) -> None:
     """Pops `rotary` arguments given to a mixer without queries and keys; refuses `rotary=True`.
 
-    For token mixers that are not a BaseAttention (fnet, s4d) but share its interface.
+    For token mixers that are not a BaseAttention (fnet, s4d, lru, s5) but share its interface.
     """
     if kwargs.pop("rotary", False):
         raise capability_error(
