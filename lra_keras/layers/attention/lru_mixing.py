@@ -32,9 +32,10 @@ class LRUMixing(LinearRecurrenceMixer):
     Bidirectional by default (as the S5 setup the paper's LRA models follow): a second scan
     from the end, with the same lambda and B and its own C, is added to the readout.
     `use_causal_mask=True` (or `bidirectional=False`) keeps the forward scan only, which is
-    strictly causal. Then the block's position-wise part, as in the paper's LRA architecture
-    (Figure 1 and appendix D: the recurrence followed by GELU and a GLU, S5's block): GELU,
-    dropout, `Dense(2 dim)` and a GLU (`activation="full_glu"`), dropout.
+    strictly causal. Then the block's position-wise part (the paper's block, Figure 1, is
+    normalisation, the LRU, a position-wise MLP or GLU and a skip; the normalisation, skip and
+    the encoder's MLP are the encoder block's): GELU, dropout, `Dense(2 dim)` and a GLU (S5's
+    `full_glu`, the default `activation`), dropout.
 
     A `TokenMixer`, not a `BaseAttention`: there are no queries, keys or heads; it has the
     attention call signature and capability attributes so that `get_attention("lru", ...)`,
@@ -57,9 +58,8 @@ class LRUMixing(LinearRecurrenceMixer):
         seed: int or None. Seeds the initial lambda, B, C, D and the Dense (a distinct seed per
             weight) and the dropout; None uses Keras' global seeding.
         state_dim: int >= 1. N, the number of complex states.
-        r_min, r_max: float, 0 <= r_min < r_max < 1. The ring |lambda| starts on (paper
-            defaults 0 and 1 are its unconstrained ring; 0.9 and 0.999 its long-range choice,
-            used here by default).
+        r_min, r_max: float, 0 <= r_min < r_max < 1. The ring |lambda| starts on; the
+            defaults 0.9 and 0.999 keep memory long (the paper tunes them per task).
         max_phase: float in (0, 2 pi]. The phase of lambda starts uniform in [0, max_phase].
         bidirectional: bool. Add the backward scan (non-causal calls).
         activation: "full_glu" (default), "half_glu1", "half_glu2" or "gelu": S5's
