@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
 
@@ -20,13 +21,34 @@ def _one_line(prog: str, error: BaseException) -> str:
     return f"{prog}: error: {text}"
 
 
+def _main_module_help(module) -> None:
+    """Makes absl's `--help` describe the command defined in `module`.
+
+    absl's `--help` prints the `__main__` module's docstring and the flags defined in the
+    module named `sys.argv[0]`; under a console script (`lra-train`) that is the generated
+    wrapper, which has neither, so `--help` listed no flags and no subcommands.
+    """
+    from absl import flags
+
+    main_module = sys.modules.get("__main__")
+    if module is None or module is main_module:
+        return  # `python -m lra_keras...`: absl finds them itself
+    for flag in flags.FLAGS.get_key_flags_for_module(module.__name__):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    if main_module is not None and not main_module.__doc__ and module.__doc__:
+        main_module.__doc__ = module.__doc__
+
+
 def run_cli(main: Callable[[list[str]], None], prog: str) -> None:
     """Runs an absl `main` so that user errors print one line and exit with status 2.
 
     User errors are `UserError`, absl's `app.UsageError` and flag-parsing errors (an unknown
-    flag, a bad value, a missing required flag).
+    flag, a bad value, a missing required flag). `--help` lists the flags defined in
+    `main`'s module and that module's docstring (its usage and subcommands).
     """
     from absl import app, flags
+
+    _main_module_help(sys.modules.get(main.__module__))
 
     def parse(argv: list[str]) -> list[str]:
         try:
@@ -43,3 +65,38 @@ def run_cli(main: Callable[[list[str]], None], prog: str) -> None:
             sys.exit(2)
 
     app.run(guarded, flags_parser=parse)
+
+
+# Failures of the file system that the user can fix (a path, permissions, space).
+_USER_ERRNOS = frozenset(
+    {
+        errno.EACCES,
+        errno.EDQUOT,
+        errno.EEXIST,
+        errno.EISDIR,
+        errno.ENOENT,
+        errno.ENOSPC,
+        errno.ENOTDIR,
+        errno.EPERM,
+        errno.EROFS,
+    }
+)
+# TensorFlow's file errors (tf.io.gfile, SavedModel, checkpoints), by class name so that this
+# module does not import TensorFlow.
+_TF_FILE_ERRORS = ("NotFoundError", "FailedPreconditionError", "PermissionDeniedError")
+
+
+def file_system_failure(error: BaseException) -> str | None:
+    """Why writing or reading failed, when the user can fix it (space, permissions, path).
+
+    An `OSError` with such an errno, or TensorFlow's file errors (a full disk is its
+    ResourceExhaustedError "No space left on device"); None for anything else.
+    """
+    if isinstance(error, OSError) and error.errno in _USER_ERRNOS:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror or error}{where}"
+    name = type(error).__name__
+    text = " ".join(str(getattr(error, "message", None) or error).split())
+    if name in _TF_FILE_ERRORS or (name == "ResourceExhaustedError" and "No space left" in text):
+        return text
+    return None

@@ -11,8 +11,12 @@ import os
 import tensorflow as tf
 from absl import app, flags
 
-from lra_keras.errors import UserError, run_cli
-from lra_keras.export.saved_model import check_replaceable, export_saved_model
+from lra_keras.errors import UserError, file_system_failure, run_cli
+from lra_keras.export.saved_model import (
+    check_replaceable,
+    export_saved_model,
+    remove_unfinished_exports,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -38,8 +42,11 @@ def load_trained_model(model_dir: str, checkpoint: str = "best"):
         raise FileNotFoundError(
             f"No {config_path}: --model_dir must be a folder written by `lra-train`."
         )
-    with tf.io.gfile.GFile(config_path) as f:
-        config = json.load(f)
+    try:
+        with tf.io.gfile.GFile(config_path) as f:
+            config = json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"{config_path} is not valid JSON ({error}): it is damaged.") from error
     # `trainer` and `run` describe how the model was trained, not the model.
     zoo_config = {k: v for k, v in config.items() if k not in ("trainer", "run")}
     model = build_model_from_config(zoo_config)
@@ -57,7 +64,17 @@ def load_trained_model(model_dir: str, checkpoint: str = "best"):
             f"`lra-train --model_dir {model_dir} ...`."
         )
     ckpt = tf.train.Checkpoint(model=model, model_variables=list(model.variables))
-    ckpt.restore(path).expect_partial().assert_existing_objects_matched()
+    try:
+        ckpt.restore(path).expect_partial().assert_existing_objects_matched()
+    except Exception as error:
+        # A truncated or corrupt file (DataLoss, OutOfRange, IndexError from the reader), or
+        # one of another model (AssertionError).
+        detail = " ".join(str(getattr(error, "message", None) or error).split())[:200]
+        raise UserError(
+            f"cannot read the checkpoint {path} ({type(error).__name__}: {detail}): it is "
+            "truncated, corrupt or of another model; export another one (--checkpoint "
+            "latest or best) or train again."
+        ) from error
     return model, zoo_config
 
 
@@ -86,6 +103,8 @@ def main(argv) -> None:
             check_replaceable(os.path.abspath(FLAGS.out))
         except FileExistsError as error:
             raise UserError(str(error)) from error
+    # What an export of this run that was killed midway left (lra-train exports into it).
+    remove_unfinished_exports(os.path.join(FLAGS.model_dir, "export"))
     try:
         model, config = load_trained_model(FLAGS.model_dir, FLAGS.checkpoint)
     except FileNotFoundError as error:
@@ -94,6 +113,11 @@ def main(argv) -> None:
         path = export_saved_model(model, FLAGS.out, config=config, overwrite=FLAGS.overwrite)
     except FileExistsError as error:
         raise UserError(str(error)) from error
+    except Exception as error:
+        reason = file_system_failure(error)
+        if reason is None:
+            raise
+        raise UserError(f"cannot write the export to --out {FLAGS.out}: {reason}") from error
     print(f"Exported {config.get('task')} / {config.get('attention')} to {path}")
 
 

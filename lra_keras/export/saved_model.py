@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from lra_keras.data import encode_bytes_tf
 
@@ -60,6 +62,44 @@ def check_replaceable(path: str) -> None:
             f"{path} is an export but also holds {', '.join(others)}: not replacing it; move "
             "those out or choose another output folder."
         )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def remove_unfinished_exports(path: str) -> list[str]:
+    """Removes what exports to `path` interrupted by a kill left beside it; returns them.
+
+    `.NAME.partial-PID-*` staging folders whose writer is no longer running (or that have no
+    PID: written before it was recorded), and `NAME.old-<hex>` previous exports of a replace
+    that was cut between its two renames.
+    """
+    parent, name = os.path.split(os.path.abspath(path))
+    staging = re.compile(rf"^\.{re.escape(name)}\.partial-(?:(\d+)-)?[^/]*$")
+    trash = re.compile(rf"^{re.escape(name)}\.old-[0-9a-f]{{32}}$")
+    removed = []
+    for entry in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
+        full = os.path.join(parent, entry)
+        match = staging.match(entry)
+        stale = match is not None and not (match.group(1) and _alive(int(match.group(1))))
+        stale = stale or (trash.match(entry) is not None and is_export(full))
+        if stale and os.path.isdir(full):
+            shutil.rmtree(full, ignore_errors=True)
+            removed.append(full)
+    if removed:
+        logging.warning(
+            "Removed %d unfinished export(s) an interrupted run left: %s",
+            len(removed),
+            ", ".join(removed),
+        )
+    return removed
 
 
 def _input_specs(model: keras.Model) -> dict:
@@ -211,9 +251,13 @@ def export_saved_model(
         check_replaceable(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
+    remove_unfinished_exports(path)
     config = dict(config or {})
     task = config.get("task")
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+    # The PID in the name tells a later export whether the writer is still alive.
+    staging = tempfile.mkdtemp(
+        prefix=f".{os.path.basename(path)}.partial-{os.getpid()}-", dir=parent
+    )
     try:
         asset_dir = os.path.join(staging, "_assets_src")
         os.makedirs(asset_dir)

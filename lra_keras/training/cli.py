@@ -8,13 +8,17 @@ continue under another configuration); writes TensorBoard logs under `<model_dir
 `results.json`, and (unless `--noexport`) a reusable SavedModel under `<model_dir>/export`.
 
 Exit status: 0 trained (or already trained: evaluated again); 2 a user error (one line on
-stderr: what was wrong, what to do); 143 (128 + SIGTERM) preempted: a SIGTERM made the run
-finish its step, save a checkpoint and stop, and the same command resumes it; 1 an internal
-error (with its traceback).
+stderr: what was wrong, what to do), among them a loss that turned NaN or infinite (the last
+finite checkpoint stays, nothing is exported), a configuration that does not fit in memory,
+and a --model_dir another live run holds (`<model_dir>/.lock`); 143 (128 + SIGTERM)
+preempted: a SIGTERM made the run finish its step (or abandon its final evaluation and
+export), save a checkpoint and stop, and the same command resumes it; 1 an internal error
+(with its traceback).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -182,6 +186,7 @@ def main(argv) -> None:
     except ValueError as error:
         # No TPU where --strategy tpu asks for one, a malformed TF_CONFIG.
         raise UserError(f"--strategy {FLAGS.strategy}: {error}") from error
+    _hold_model_dir(strategy)
     task, batch = config["task"], config["batch_size"]
 
     data_options = _data_options(FLAGS.data_option)
@@ -260,6 +265,23 @@ def main(argv) -> None:
     print(f"TensorBoard: tensorboard --logdir {os.path.join(FLAGS.model_dir, 'logs')}")
     if FLAGS.export and os.path.isdir(os.path.join(FLAGS.model_dir, "export")):
         print(f"export: {os.path.join(FLAGS.model_dir, 'export')}")
+
+
+# The run folder's lock, held until the process ends (the OS releases it then, even on kill -9).
+_PROCESS_LOCKS = contextlib.ExitStack()
+
+
+def _hold_model_dir(strategy) -> None:
+    """Refuses a --model_dir another live run holds, or one that cannot be written; the
+    chief holds it from here on and removes what an export killed midway left there."""
+    from lra_keras.export.saved_model import remove_unfinished_exports
+    from lra_keras.training.safeguards import lock_model_dir
+    from lra_keras.training.strategies import worker_info
+
+    if worker_info(strategy)[0]:
+        _PROCESS_LOCKS.enter_context(lock_model_dir(FLAGS.model_dir))
+        if "://" not in FLAGS.model_dir:
+            remove_unfinished_exports(os.path.join(FLAGS.model_dir, "export"))
 
 
 def _data_options(pairs: list[str]) -> dict:

@@ -11,6 +11,7 @@ model_dir/results.json      the final results
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -30,11 +31,35 @@ def read_json(path: str):
         return json.load(f)
 
 
+def finite_json(value):
+    """`value` as plain JSON data, every NaN or infinity replaced by `null` (None).
+
+    Python's `json` writes bare `NaN` and `Infinity`, which JSON readers refuse. Numpy and
+    tensor scalars become floats first.
+    """
+    value = json.loads(json.dumps(value, default=float))
+
+    def clean(item):
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {k: clean(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [clean(v) for v in item]
+        return item
+
+    return clean(value)
+
+
 def write_json(path: str, value) -> None:
-    """Writes `path` whole or not at all (a kill mid-write leaves the previous file)."""
+    """Writes `path` whole or not at all (a kill mid-write leaves the previous file).
+
+    Always valid JSON: NaN and infinities are written as `null` (`finite_json`).
+    """
+    text = json.dumps(finite_json(value), indent=2, allow_nan=False)
     partial = f"{path}.partial"
     with tf.io.gfile.GFile(partial, "w") as f:
-        json.dump(value, f, indent=2, default=float)
+        f.write(text)
     tf.io.gfile.rename(partial, path, overwrite=True)
 
 
@@ -105,10 +130,21 @@ class RunState:
 
     # ------------------------------------------------------------------ config
 
+    def has_checkpoint(self) -> bool:
+        """Whether the folder holds any trained state (a training or best checkpoint)."""
+        return bool(
+            tf.train.latest_checkpoint(self.checkpoint_dir)
+            or tf.train.latest_checkpoint(self.best_dir)
+        )
+
     def check_config(self, config: dict) -> None:
-        """Refuses to continue a run in `model_dir` that was started with another config."""
+        """Refuses to continue a run in `model_dir` that was started with another config.
+
+        A folder without any checkpoint holds nothing to continue (e.g. a start that ran out
+        of memory), so it takes the new config.
+        """
         saved = read_json(self._path("config.json"))
-        if saved is None:
+        if saved is None or not self.has_checkpoint():
             return
         changes = config_differences(saved, config)
         if changes:

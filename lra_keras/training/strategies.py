@@ -50,11 +50,19 @@ def make_strategy(
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-        tpu=tpu or os.environ.get("TPU_NAME") or "local"
-    )
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
+    address = tpu or os.environ.get("TPU_NAME")
+    if not address and not tf.config.list_physical_devices("TPU"):
+        raise ValueError(
+            "no TPU found: this machine has no TPU device and neither --tpu nor TPU_NAME "
+            "names one (use --strategy auto or default to train on the CPU or GPUs)."
+        )
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address or "local")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (tf.errors.OpError, RuntimeError) as error:
+        detail = " ".join(str(getattr(error, "message", None) or error).split())[:200]
+        raise ValueError(f"cannot reach the TPU {address or 'local'!r}: {detail}") from error
     return tf.distribute.TPUStrategy(resolver)
 
 

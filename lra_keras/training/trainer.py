@@ -6,6 +6,7 @@ files (checkpoints, config, records) in `run_state.py`, reporting in `summaries.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -17,16 +18,28 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from lra_keras.errors import UserError
+from lra_keras.errors import UserError, file_system_failure
 from lra_keras.training import objectives
 from lra_keras.training.evaluation import Evaluator, improves
 from lra_keras.training.lra_schedule import LRASchedule
 from lra_keras.training.run_state import RunState
+from lra_keras.training.safeguards import (
+    LossWatch,
+    check_finite_metrics,
+    check_finite_weights,
+    lock_model_dir,
+    out_of_memory_as_user_error,
+)
 from lra_keras.training.strategies import worker_info
 from lra_keras.training.summaries import Summaries, parse_profile_steps
 from lra_keras.training.train_step import Batching, TrainStep, make_optimizer
 
 __all__ = ["MIXED_PRECISION", "Trainer", "parse_profile_steps"]
+
+
+class _Preempted(BaseException):
+    """A SIGTERM after the last checkpoint (a BaseException: no `except Exception` eats it)."""
+
 
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 
@@ -87,8 +100,12 @@ class Trainer:
     at any point and resumed ends with the uninterrupted run's results. The best-validation
     weights are kept in `model_dir/best` (with `best.json`). A SIGTERM received during
     `train()` (main thread only) makes the loop finish the current step (and its validation,
-    if due), save a checkpoint and return with `results["preempted"] = True`. Rerunning a
-    finished run evaluates it again and keeps its training figures.
+    if due), save a checkpoint and return with `results["preempted"] = True`; one received
+    during the final evaluation and export abandons them and returns the same. Rerunning a
+    finished run evaluates it again and keeps its training figures. `train()` holds
+    `model_dir/.lock` (a second live run on the folder is refused), and stops with a
+    `UserError` naming the step when the loss turns NaN or infinite (nothing non-finite is
+    checkpointed, picked as best or exported) or the run does not fit in memory.
 
     Args:
         model_fn: callable returning the model, called under `strategy.scope()`. Its inputs
@@ -215,17 +232,19 @@ class Trainer:
         self.batching = Batching(
             self.strategy, self.num_workers, self.worker_index, self.batch_size, grad_accum_steps
         )
-        self._build(
-            model_fn,
-            train_data,
-            learning_rate,
-            weight_decay,
-            warmup_steps,
-            schedule,
-            steps_per_cycle,
-        )
+        with out_of_memory_as_user_error("while building the model"):
+            self._build(
+                model_fn,
+                train_data,
+                learning_rate,
+                weight_decay,
+                warmup_steps,
+                schedule,
+                steps_per_cycle,
+            )
         self._wire(train_data, eval_data)
-        self._stop_requested = False
+        self._stop_requested = self._finishing = False
+        self._watch = LossWatch()
 
     def _build(
         self,
@@ -321,6 +340,10 @@ class Trainer:
 
     def _on_sigterm(self, signum, frame):
         self._stop_requested = True
+        if self._finishing:
+            # Evaluating and exporting after the last checkpoint: abandon them (the export is
+            # written beside its target and renamed, so nothing half-written stays).
+            raise _Preempted()
 
     def request_stop(self):
         """Asks the loop to checkpoint and return at the next step boundary."""
@@ -331,7 +354,9 @@ class Trainer:
 
     def _validate(self, step: int, best: dict | None, summaries: Summaries) -> dict | None:
         """Validates the current weights as step `step`; returns the (new) best."""
+        self._check_finite(step)
         metrics = self.evaluate("validation")
+        check_finite_metrics(metrics, step, self._watch)
         summaries.log_validation(step, metrics)
         if improves(best, metrics):
             best = self.state.save_best(step, metrics)
@@ -339,11 +364,45 @@ class Trainer:
         self.state.record_validation(step, metrics)
         return best
 
+    def _check_finite(self, step: int) -> None:
+        """Before anything is validated or saved: every loss so far, and the weights."""
+        self._watch.check()
+        check_finite_weights(self.model.trainable_variables, step, self._watch)
+
     def train(self) -> dict:
-        """Runs (or resumes) training; returns the results written to `results.json`."""
+        """Runs (or resumes) training; returns the results written to `results.json`.
+
+        Holds `model_dir/.lock` meanwhile (a second live run on the folder is refused). A NaN
+        or infinite loss stops the run with `NonFiniteLossError` (a `UserError`) naming the
+        step: the losses are checked before each log, validation and checkpoint (where the
+        loop syncs anyway), and the weights before each validation and checkpoint, so the
+        latest and best checkpoints stay the last finite ones and nothing is exported.
+        Running out of memory is a `UserError` saying what to lower. A SIGTERM during the
+        final evaluation and export abandons them and returns as a preempted run does.
+        """
+        previous_handler = None
+        if threading.current_thread() is threading.main_thread():
+            previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._stop_requested = self._finishing = False
+        self._watch = LossWatch()
+        lock = lock_model_dir(self.model_dir) if self.is_chief else contextlib.nullcontext()
+        try:
+            with lock, out_of_memory_as_user_error("while training"):
+                return self._train()
+        except _Preempted:
+            step = self._watch.last_saved_step
+            logging.info("Stop requested after the last step: checkpoint %s kept.", step)
+            return {"preempted": True, "step": step}
+        finally:
+            self._finishing = False
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+
+    def _train(self) -> dict:
         start_time = time.time()
         self.state.check_config(self._full_config())
         step = start_step = self.restore()
+        self._watch.last_saved_step = step if self.state.has_checkpoint() else None
         self.state.write_config(self._full_config())
         progress = self.state.read_progress(step)
         last_train = progress.get("train", {})
@@ -360,13 +419,11 @@ class Trainer:
         has_val = "validation" in self.evaluator
 
         def save():
+            self._check_finite(step)
             wall = previous_time + time.time() - start_time
             self.state.save(step, {"train": last_train, "wall_time_s": wall})
+            self._watch.last_saved_step = step
 
-        previous_handler = None
-        if threading.current_thread() is threading.main_thread():
-            previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-        self._stop_requested = False
         try:
             if (
                 has_val
@@ -390,7 +447,9 @@ class Trainer:
                 self.step.assign_add(1)
                 step += 1
                 summaries.after_step(step, out)
+                self._watch.add(step, out["loss"])
                 if self._due(step, self.log_every):
+                    self._watch.check()  # nothing is logged from a diverged run
                     lr = float(self.schedule(self.optimizer.iterations - 1))
                     last_train = summaries.log_train(step, lr)
                 # Validate before checkpointing: a checkpointed step is a validated step.
@@ -402,8 +461,6 @@ class Trainer:
                     logging.info("Stop requested: checkpoint saved at step %d.", step)
                     return {"preempted": True, "step": step}
         finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
             summaries.close()
         wall_time = previous_time + time.time() - start_time
         previous = self.state.read_results() if step == start_step else None
@@ -412,6 +469,9 @@ class Trainer:
             # training stay.
             last_train = previous.get("train") or last_train
             wall_time = previous.get("wall_time_s", wall_time)
+        self._finishing = True  # from here a SIGTERM abandons evaluation and export
+        if self._stop_requested:
+            raise _Preempted()
         return self._final_results(best, last_train, wall_time)
 
     def _full_config(self) -> dict:
@@ -477,9 +537,18 @@ class Trainer:
                 logging.info("lra_keras.export.export_saved_model is not available; no export.")
                 return
         path = os.path.join(self.model_dir, "export")
-        if self.export_fn == "auto":
-            # The run owns its export folder: a resumed run replaces it.
-            fn(self.model, path, config=self.config, overwrite=True)
-        else:
-            fn(self.model, path)
+        try:
+            if self.export_fn == "auto":
+                # The run owns its export folder: a resumed run replaces it.
+                fn(self.model, path, config=self.config, overwrite=True)
+            else:
+                fn(self.model, path)
+        except Exception as error:
+            reason = file_system_failure(error)
+            if reason is None:
+                raise
+            raise UserError(
+                f"the run is trained and checkpointed, but its export to {path} failed: "
+                f"{reason}; fix that and rerun the command (it exports again)."
+            ) from error
         logging.info("Exported the best-validation model to %s", path)

@@ -77,6 +77,11 @@ def main(argv=None):
     p.add_argument("--deterministic", action="store_true")
     p.add_argument("--trajectory", action="store_true", help="print each step's loss")
     p.add_argument("--export", action="store_true", help="export the best model at the end")
+    p.add_argument(
+        "--slow_export",
+        action="store_true",
+        help="the export's SavedModel write waits (up to 2 min) after creating model_dir/exporting",
+    )
     args = p.parse_args(argv)
 
     import tensorflow as tf
@@ -135,6 +140,18 @@ def main(argv=None):
             return original(micro)
 
         trainer._train_fn = slow
+    if args.slow_export:
+        import time
+
+        original_save = tf.saved_model.save
+
+        def slow_save(*a, **k):
+            open(os.path.join(args.model_dir, "exporting"), "w").close()
+            for _ in range(1200):  # a SIGTERM arrives meanwhile
+                time.sleep(0.1)
+            return original_save(*a, **k)
+
+        tf.saved_model.save = slow_save
     results = trainer.train()
     print(json.dumps({"results": results, "weights": weights_fingerprint(trainer.model)}))
     sys.stdout.flush()
