@@ -103,7 +103,7 @@ CASES: dict[str, dict] = {
     # exactly what its causal kernel learns (1.00).
     "s4d": {"kwargs": {}, "pointer": 0.22, "margin": 0.12},
     # Linear time-invariant recurrences, like s4d: position 0 receives a fixed,
-    # position-weighted sum and cannot select by content (pointer 0.24 for both with S5's
+    # position-weighted sum and cannot select by content (pointer 0.24 to 0.25 with S5's
     # half_glu2 gate; with the full_glu / half_glu1 gates 0.20 to 0.23, too close to the bar);
     # a fixed look-back is what a causal scan learns (1.00). S5 with steps up to 1 (dt_max):
     # at S5's default 0.1 its modes decay too slowly to isolate t - 2 (causal 0.80).
