@@ -10,9 +10,9 @@ PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=
 # The backend-neutral suites that also run on Keras's JAX backend (JAX's CPU wheel): the
 # contract over every registered name, the chunked kernels and the task models. (The byte-LM
 # tests stay TensorFlow-only here for time: its layers are in the contract suite.)
-JAX_TESTS ?= tests/layers/test_attention_contract.py tests/layers/test_chunked_attention.py tests/zoo/test_zoo.py
+JAX_TESTS ?= tests/layers/test_attention_contract.py tests/layers/test_nonfinite_contract.py tests/layers/test_chunked_attention.py tests/zoo/test_zoo.py
 
-.PHONY: install lint format test test-jax test-all demo bench clean
+.PHONY: install lint format test test-mixed-precision-eigen test-jax test-all demo bench clean
 
 install: $(STAMP)
 
@@ -32,7 +32,15 @@ format: install
 
 test: install lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-mixed-precision-eigen
 	$(MAKE) --no-print-directory test-jax
+
+# The mixed-precision contract again with TensorFlow's oneDNN kernels off (the variable is read
+# when TensorFlow is imported): bfloat16 and float16 then run through Eigen's kernels, which
+# round differently, and which every CPU without AVX-512 uses anyway. The bounds must hold on
+# both paths. (ONEDNN_MAX_CPU_ISA=AVX2 emulates such a CPU with oneDNN on.)
+test-mixed-precision-eigen: install
+	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" tests/layers/test_attention_contract.py -k mixed_precision $(PYTEST_ARGS)
 
 # The layer contract, chunked and zoo suites again under KERAS_BACKEND=jax (TensorFlow-only
 # tests skip themselves there, with the reason).

@@ -10,6 +10,7 @@ matmul rate, measured in the same run.
 
     python -m benchmarks.efficiency [--lengths 1024,2048,3072,4096] [--batch_size 1]
         [--attentions all] [--jit_compile] [--profile] [--steps 3]
+        [--attention_kwargs '{"chunk_size": 128}']
 
 For longer lengths (`--lengths 1024,2048,4096,8192,16384`), a run this machine's memory cannot
 hold is skipped with its reason instead of being started: before each run, the variant's peak
@@ -159,8 +160,14 @@ def text_overrides(attention: str, length: int) -> dict:
     return overrides
 
 
-def build_text_model(attention: str, length: int, preset: str = "lra"):
-    """The zoo's text model with `attention`, or on keras.layers.MultiHeadAttention (BASELINE)."""
+def build_text_model(
+    attention: str, length: int, preset: str = "lra", attention_kwargs: dict | None = None
+):
+    """The zoo's text model with `attention`, or on keras.layers.MultiHeadAttention (BASELINE).
+
+    `attention_kwargs` (`--attention_kwargs`) are merged into the variant's own
+    hyperparameters (e.g. Mega-chunk's `chunk_size`); the baseline ignores them.
+    """
     import keras
 
     import lra_keras.layers.encoder.transformer_encoder_block as block_module
@@ -176,6 +183,11 @@ def build_text_model(attention: str, length: int, preset: str = "lra"):
             # No probabilities to drop (linear, performer, fnet, s4d): the zoo gives them 0.
             overrides.pop("attention_dropout")
         overrides.update(text_overrides(attention, length))
+        if attention_kwargs:
+            overrides["attention_kwargs"] = {
+                **overrides.get("attention_kwargs", {}),
+                **attention_kwargs,
+            }
         return build_model("text", attention, preset, **overrides)
 
     def make_mha(name, /, **kwargs):
@@ -197,7 +209,7 @@ def _worker_step(args: argparse.Namespace) -> dict:
     import tensorflow as tf
 
     keras.utils.set_random_seed(0)
-    model = build_text_model(args.attention, args.length)
+    model = build_text_model(args.attention, args.length, attention_kwargs=_kwargs(args))
     optimizer = keras.optimizers.AdamW(1e-4, beta_2=0.98, epsilon=1e-9)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     rng = np.random.default_rng(0)
@@ -252,15 +264,22 @@ def _worker_step(args: argparse.Namespace) -> dict:
 
 def _worker_flops(args: argparse.Namespace) -> dict:
     """The step's analytic FLOPs of a run that is skipped (the model is built, never run)."""
-    model = build_text_model(args.attention, args.length)
+    model = build_text_model(args.attention, args.length, attention_kwargs=_kwargs(args))
     flops = model_flops(model, args.batch_size, args.length)
     return {"status": "ok", "step_gflop": flops / 1e9}
+
+
+def _kwargs(args: argparse.Namespace) -> dict:
+    """The `--attention_kwargs` JSON as a dict ({} when not given)."""
+    return json.loads(getattr(args, "attention_kwargs", "") or "{}")
 
 
 def _run_worker(kind: str, args: argparse.Namespace, **extra) -> dict:
     command = [sys.executable, "-m", "benchmarks.efficiency", "--worker", kind]
     for key, value in extra.items():
         command += [f"--{key}", str(value)]
+    if _kwargs(args) and kind != "matmul":
+        command += ["--attention_kwargs", args.attention_kwargs]
     command += ["--batch_size", str(args.batch_size), "--steps", str(args.steps)]
     command += ["--warmup", str(args.warmup)]
     if args.jit_compile:
@@ -533,6 +552,12 @@ def main(argv=None) -> dict | None:
         action="store_true",
         help="record a profiler trace per run and report the peak its memory profile shows",
     )
+    parser.add_argument(
+        "--attention_kwargs",
+        default="",
+        help="JSON dict merged into each variant's own hyperparameters, "
+        "e.g. '{\"chunk_size\": 128}'",
+    )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=900)
@@ -547,6 +572,13 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--trace_dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        if not isinstance(_kwargs(args), dict):
+            raise ValueError("not a JSON object")
+    except ValueError as error:
+        parser.error(
+            f"--attention_kwargs must be a JSON object, got {args.attention_kwargs!r}: {error}"
+        )
     if args.worker == "matmul":
         print(json.dumps(_worker_matmul()))
         return None

@@ -63,6 +63,16 @@ def run_cli(main: Callable[[list[str]], None], prog: str) -> None:
         except (UserError, app.UsageError) as error:
             print(_one_line(prog, error), file=sys.stderr)
             sys.exit(2)
+        except Exception as error:
+            # A malformed line or image is found while tf.data iterates, deep in a
+            # TensorFlow error: the reader's own one line is in it.
+            from lra_keras.data.lazy_errors import user_error_from
+
+            user_error = user_error_from(error)
+            if user_error is None:
+                raise
+            print(_one_line(prog, user_error), file=sys.stderr)
+            sys.exit(2)
 
     app.run(guarded, flags_parser=parse)
 

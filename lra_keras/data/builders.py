@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 
 from lra_keras.data import readers
 from lra_keras.data.output_folder import MARKER
+from lra_keras.data.release_files import listops_ids_py, read_png
 from lra_keras.data.tasks import (
     DIFFICULTY_DIRS,
     PATHFINDER_RESOLUTION,
@@ -34,20 +35,10 @@ from lra_keras.errors import UserError
 
 PREPARED_SUBDIR = "tfds"
 MANIFEST = "lra_sources.json"
+
+
 # _NO_CODE_PATH: the builders set `code_path = None`. They have no code folder (checksums,
 # README), and TFDS 4.9 would otherwise probe one through the optional importlib_resources.
-_LISTOPS_IDS = {
-    token: i + 1
-    for i, token in enumerate(("[MIN", "[MAX", "[MED", "[SM", "X") + tuple(map(str, range(10))))
-}
-
-
-def listops_ids_py(source: str) -> list[int]:
-    """The Python twin of `encoding.listops_ids(encoding.listops_tokens(...))`."""
-    text = source.replace("]", "X").replace("(", " ").replace(")", " ")
-    return [_LISTOPS_IDS.get(t, len(_LISTOPS_IDS) + 1) for t in text.split()]
-
-
 class LraListops(tfds.core.GeneratorBasedBuilder):
     """ListOps in the LRA release format (`basic_{train,val,test}.tsv`) as TFRecords."""
 
@@ -169,20 +160,7 @@ class LraPathfinder(tfds.core.GeneratorBasedBuilder):
 
 def _check_image(path: str, resolution: int) -> None:
     """Decodes one Pathfinder image whole, raising a UserError that names a bad file."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            kind, size = image.format, image.size
-    # Pillow raises many types for bad data (OSError, SyntaxError, DecompressionBombError...).
-    except Exception as err:
-        raise UserError(f"Bad Pathfinder image {path}: {err}.") from err
-    if kind != "PNG" or size != (resolution, resolution):
-        raise UserError(
-            f"Bad Pathfinder image {path}: a {kind} image of {size[0]}x{size[1]} pixels; "
-            f"expected a {resolution}x{resolution} PNG."
-        )
+    read_png(path, resolution)
 
 
 def _builder(task: str, data_dir: str, **options):

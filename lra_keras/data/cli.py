@@ -66,7 +66,8 @@ def main(argv: list[str]) -> None:
     except OSError as err:
         if err.errno not in _USER_ERRNOS:
             raise
-        raise UserError(f"{err.strerror}: {err.filename}") from err
+        where = f": {err.filename}" if err.filename else ""
+        raise UserError(f"{err.strerror}{where}") from err
 
 
 def _main(argv: list[str]) -> None:

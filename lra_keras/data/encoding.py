@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from lra_keras.data.release_files import LISTOPS_OOV_ID, LISTOPS_TOKENS
+
 BYTE_VOCAB_SIZE = 257
 PAD_ID = 0
 
 # ListOps: a vocabulary fixed in code (the reference built it from a Python set, whose order
 # changed between processes). Id 0 pads, 1..15 are the tokens, 16 is out-of-vocabulary.
-LISTOPS_TOKENS = ("[MIN", "[MAX", "[MED", "[SM", "X") + tuple(str(d) for d in range(10))
-LISTOPS_OOV_ID = len(LISTOPS_TOKENS) + 1
 LISTOPS_VOCAB_SIZE = len(LISTOPS_TOKENS) + 2
 
 

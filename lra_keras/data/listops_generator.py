@@ -16,7 +16,7 @@ import os
 import random
 import statistics
 
-from lra_keras.data.output_folder import check_output, claim_output, finish_output
+from lra_keras.data.output_folder import check_output, claim_output, finish_output, writing
 from lra_keras.errors import UserError
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
@@ -131,6 +131,13 @@ def generate_listops(
     return list(seen.items())
 
 
+def _write_tsv(path: str, examples: list[tuple[str, int]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(["Source", "Target"])
+        writer.writerows(examples)
+
+
 def write_listops(
     out_dir: str,
     num_train: int = 96000,
@@ -186,10 +193,8 @@ def write_listops(
     paths = {}
     for name, (lo, hi) in bounds.items():
         path = os.path.join(out_dir, f"{task_name}_{name}.tsv")
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-            writer.writerow(["Source", "Target"])
-            writer.writerows(examples[lo:hi])
+        with writing(path, out_dir, "lra-data listops"):
+            _write_tsv(path, examples[lo:hi])
         paths[name] = path
     finish_output(out_dir)
     return paths

@@ -9,13 +9,18 @@ larger Pathfinder run, prepared records) survives to mix with the new one.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
+from collections.abc import Iterator
 
 from lra_keras.errors import UserError
 
 MARKER = ".lra_data.json"
+# A full disk or quota: the user frees space (or picks another folder) and regenerates.
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
 
 
 def claim_output(path: str, overwrite: bool, generator: str, arguments: dict) -> None:
@@ -30,7 +35,8 @@ def claim_output(path: str, overwrite: bool, generator: str, arguments: dict) ->
     if check_output(path, overwrite):
         shutil.rmtree(path)
     os.makedirs(path, exist_ok=True)
-    _write_marker(path, {"generator": generator, "arguments": arguments, "complete": False})
+    with writing(os.path.join(path, MARKER), path, generator):
+        _write_marker(path, {"generator": generator, "arguments": arguments, "complete": False})
 
 
 def check_output(path: str, overwrite: bool) -> bool:
@@ -55,7 +61,58 @@ def finish_output(path: str) -> None:
     """Marks the folder complete (an interrupted run leaves `complete: false`)."""
     with open(os.path.join(path, MARKER)) as f:
         marker = json.load(f)
-    _write_marker(path, {**marker, "complete": True})
+    with writing(os.path.join(path, MARKER), path, marker.get("generator", "lra-data")):
+        _write_marker(path, {**marker, "complete": True})
+
+
+@contextlib.contextmanager
+def writing(file: str, folder: str, generator: str) -> Iterator[None]:
+    """Names `file` in a failed write, and says what to do when the disk is full.
+
+    `write()` and `close()` raise OSErrors without a file name ("No space left on device:
+    None"); this adds it. The folder stays marked incomplete, so the readers refuse it.
+    """
+    try:
+        yield
+    except OSError as err:
+        if isinstance(err, UserError):
+            raise
+        if err.errno in _NO_SPACE:
+            raise UserError(
+                f"{err.strerror or 'No space left on device'} while writing {file}: the "
+                f"output folder {folder} is incomplete (readers refuse it). Free some space or "
+                f"choose a folder on another disk, then rerun `{generator}` with --overwrite."
+            ) from err
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, file) from err
+        raise
+
+
+def check_complete(folder: str) -> None:
+    """Raises a UserError if `folder` is a generated folder that its generator left unfinished.
+
+    Folders without the marker (the LRA release, copies made by hand) are not checked. A
+    marker that cannot be read (a disk that filled up while it was written) counts as
+    unfinished.
+    """
+    marker_path = os.path.join(folder, MARKER)
+    if not os.path.isfile(marker_path):
+        return
+    try:
+        with open(marker_path) as f:
+            marker = json.load(f)
+        complete = marker.get("complete", True) is True  # markers before the flag: complete
+        generator = str(marker.get("generator", "lra-data"))
+        why = f"its {MARKER} says complete: false"
+    except (OSError, ValueError, AttributeError):
+        complete, generator = False, "lra-data listops` or `lra-data pathfinder"
+        why = f"its {MARKER} cannot be read, cut short"
+    if not complete:
+        raise UserError(
+            f"The data folder {folder} is incomplete: the `{generator}` run that wrote it "
+            f"stopped before it finished ({why}). Regenerate it: "
+            f"rerun `{generator}` with the same arguments and --overwrite."
+        )
 
 
 def _check_replaceable(path: str) -> None:
@@ -78,5 +135,12 @@ def _check_replaceable(path: str) -> None:
 
 
 def _write_marker(path: str, content: dict) -> None:
-    with open(os.path.join(path, MARKER), "w") as f:
-        json.dump(content, f, indent=1)
+    # Written aside and renamed: a full disk leaves the old marker, never half a new one.
+    temporary = os.path.join(path, f"{MARKER}.{os.getpid()}")
+    try:
+        with open(temporary, "w") as f:
+            json.dump(content, f, indent=1)
+        os.replace(temporary, os.path.join(path, MARKER))
+    finally:
+        if os.path.lexists(temporary):
+            os.remove(temporary)

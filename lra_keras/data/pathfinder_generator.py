@@ -29,7 +29,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from lra_keras.data.output_folder import check_output, claim_output, finish_output
+from lra_keras.data.output_folder import check_output, claim_output, finish_output, writing
 from lra_keras.data.tasks import DIFFICULTY_DIRS
 from lra_keras.errors import UserError
 
@@ -384,6 +384,13 @@ def balanced_labels(num_images: int, seed: int) -> np.ndarray:
     return (order < num_images // 2).astype(np.int64)
 
 
+_GENERATOR = "lra-data pathfinder"
+
+
+def _save_png(image: np.ndarray, path: str) -> None:
+    Image.fromarray(image).save(path)
+
+
 def _work(task):
     out_root, resolution, difficulty, seed, folder, start, stop, per_folder, labels = task
     params = pathfinder_params(resolution, difficulty)
@@ -393,7 +400,9 @@ def _work(task):
     for offset, index in enumerate(range(start, stop)):
         image, truth = generate_pathfinder(resolution, difficulty, seed, index, int(labels[offset]))
         n = index - folder * per_folder
-        Image.fromarray(image).save(os.path.join(img_dir, f"sample_{n}.png"))
+        path = os.path.join(img_dir, f"sample_{n}.png")
+        with writing(path, out_root, _GENERATOR):
+            _save_png(image, path)
         rows.append(
             f"imgs/{folder} sample_{n}.png {n} {truth['label']} {params['continuity']} "
             f"{params['contour_length']} {params['distractor_length']} "
@@ -444,7 +453,7 @@ def write_pathfinder(
         seed=seed,
         images_per_folder=images_per_folder,
     )
-    claim_output(root, overwrite, "lra-data pathfinder", arguments)
+    claim_output(root, overwrite, _GENERATOR, arguments)
     labels = balanced_labels(num_images, seed)
     chunk = max(1, min(images_per_folder, 100))
     tasks = []
@@ -478,8 +487,10 @@ def _collect(root, results) -> str:
         rows.setdefault(folder, []).extend(r)
         truths.setdefault(folder, []).extend(t)
     for folder in sorted(rows):
-        with open(os.path.join(meta_dir, f"{folder}.npy"), "w") as f:
+        path = os.path.join(meta_dir, f"{folder}.npy")
+        with writing(path, root, _GENERATOR), open(path, "w") as f:
             f.write("\n".join(rows[folder]) + "\n")
-        with open(os.path.join(truth_dir, f"{folder}.json"), "w") as f:
+        path = os.path.join(truth_dir, f"{folder}.json")
+        with writing(path, root, _GENERATOR), open(path, "w") as f:
             json.dump(truths[folder], f)
     return root

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import tensorflow as tf
 
 from lra_keras.data import readers
 from lra_keras.data.tasks import (
-    DEFAULT_MAX_LENGTH,
     PATHFINDER_RESOLUTION,
     SHUFFLE_BUFFER,
-    check_difficulty,
-    check_split,
-    check_task,
+    resolve_load_arguments,
 )
-from lra_keras.errors import UserError
-
-_TASK_OPTIONS = {
-    "listops": {"task_name": "basic"},
-    "text": {"split_seed": 0},
-    "retrieval": {},
-    "image": {},
-}
-_TASK_OPTIONS.update({t: {"difficulty": "hard", "split_seed": 0} for t in PATHFINDER_RESOLUTION})
 
 
 def load(
@@ -69,59 +55,25 @@ def load(
         UserError (a ValueError): a bad argument; a split with fewer examples than one batch
             (train) or none (validation, test), naming the file; prepared records whose
             release files changed since `lra-data prepare` (rerun it); a Pathfinder metadata row
-            whose image path leaves the data folder. A missing data set raises its subclass
-            `DataNotFoundError` (also a FileNotFoundError), which says what file is expected
-            where and how to generate or fetch it. A malformed line or image raises
-            `tf.errors.InvalidArgumentError` when it is read, naming the file (and line).
+            whose image path leaves the data folder; a folder that `lra-data` left incomplete
+            (regenerate it). A missing data set raises its subclass `DataNotFoundError` (also a
+            FileNotFoundError), which says what file is expected where and how to generate or
+            fetch it. A malformed line or image raises `tf.errors.InvalidArgumentError` when it
+            is read, whose message holds one line naming the file (and line);
+            `lra_keras.data.user_error_from(error)` turns it into that UserError.
     """
-    check_task(task)
-    check_split(split)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"batch_size must be a positive int, got {batch_size!r}.")
-    unknown = set(task_options) - set(_TASK_OPTIONS[task])
-    if unknown:
-        raise UserError(
-            f"Unknown options {sorted(unknown)} for task {task!r}; valid options are "
-            f"{sorted(_TASK_OPTIONS[task]) or 'none'}."
-        )
-    options = {**_TASK_OPTIONS[task], **task_options}
-    fixed = task == "image" or task in PATHFINDER_RESOLUTION
-    if max_length is None:
-        max_length = DEFAULT_MAX_LENGTH[task]
-    elif not isinstance(max_length, int) or max_length < 1:
-        raise UserError(f"max_length must be a positive int, got {max_length!r}.")
-    downsample = None
-    if fixed and max_length != DEFAULT_MAX_LENGTH[task]:
-        resolution = PATHFINDER_RESOLUTION.get(task)
-        side = math.isqrt(max_length)
-        if resolution is None or side * side != max_length or resolution % side:
-            raise UserError(
-                f"max_length for task {task!r} is fixed by the image size: expected None or "
-                f"{DEFAULT_MAX_LENGTH[task]}"
-                + (
-                    f", or (Pathfinder) s*s with s dividing {resolution} to downsample"
-                    if resolution
-                    else ""
-                )
-                + f"; got {max_length}."
-            )
-        downsample = (resolution, side)
-    if shuffle is None:
-        shuffle = split == "train"
-
-    # Train batches drop the remainder: the split must hold one whole batch.
-    need = batch_size if split == "train" else 1
-    records, decode = _records(task, split, data_dir, max_length, options, need)
-    if shuffle:
+    args = resolve_load_arguments(task, split, batch_size, max_length, shuffle, task_options)
+    records, decode = _records(task, split, data_dir, args.max_length, args.options, args.need)
+    if args.shuffle:
         records = records.shuffle(SHUFFLE_BUFFER[task], seed=seed, reshuffle_each_iteration=True)
-    dataset = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if downsample is not None:
+    dataset = decode(records)
+    if args.downsample is not None:
         dataset = dataset.map(
-            lambda features, label: (_downsample(features, *downsample), label),
+            lambda features, label: (_downsample(features, *args.downsample), label),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
-    dataset = dataset.batch(batch_size, drop_remainder=split == "train")
+    dataset = dataset.batch(batch_size, drop_remainder=args.drop_remainder)
     opts = tf.data.Options()
     opts.deterministic = True
     return dataset.with_options(opts).prefetch(tf.data.AUTOTUNE)
@@ -140,8 +92,6 @@ def _records(task, split, data_dir, max_length, options, need):
         return readers.text_tfds(data_dir, split, max_length, options["split_seed"], need)
     if task == "image":
         return readers.image_tfds(data_dir, split, need)
-    if task in PATHFINDER_RESOLUTION:
-        check_difficulty(options["difficulty"])
     if task == "listops":
         prepared = options["task_name"] == "basic" and _prepared(task, split, data_dir, options)
         if prepared:

@@ -1,126 +1,64 @@
 """Readers of the LRA release files and the TFDS data sets, as pure tf.data record streams.
 
 Each reader returns `(records, decode)`: `records` is a dataset of cheap elements (lines, file
-paths, encoded examples) that `load` shuffles, and `decode` maps one record to
-`(features, label)`. Parsing errors are reported by `tf.debugging.Assert` ops that name the
-file and line, raised when the bad line is read. `lra-data prepare` parses the same files with
-the Python twins below (`tsv_lines`, `parse_tsv_line`), which accept and refuse exactly the same
-lines. Before any record is read, each reader checks that its split holds enough examples for
-one batch (`need`), so an empty or too small split is named instead of yielding nothing.
+paths, encoded examples) that `load` shuffles, and `decode` turns the (shuffled) records into
+`(features, label)` examples. Parsing errors are reported by `tf.debugging.Assert` ops whose
+message is one line naming the file (and line), raised when the bad line or image is read as
+a `tf.errors.InvalidArgumentError`; `user_error_from` (lazy_errors.py) turns it into the
+`UserError` the CLIs print. The files' layout, the Python twins of the line checks
+(`tsv_lines`, `parse_tsv_line`, which accept and refuse exactly the same lines) and the
+Pathfinder index live in release_files.py, which needs no TensorFlow. Before any record is read,
+each reader checks that its split holds enough examples for one batch (`need`), so an empty or
+too small split is named instead of yielding nothing.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Iterator
-from typing import NamedTuple
-
-import numpy as np
 import tensorflow as tf
 
 from lra_keras.data import encoding
-from lra_keras.data.tasks import (
-    AAN_FILE_SPLIT,
-    DIFFICULTY_DIRS,
-    LISTOPS_FILE_SPLIT,
-    DataNotFoundError,
-    find_first,
+from lra_keras.data.release_files import (  # noqa: F401 (re-exported for builders and tests)
+    AAN_FORMAT,
+    CORRUPT_PNG,
+    LISTOPS_FORMAT,
+    PNG_END,
+    PNG_SIGNATURE,
+    UTF8_BOM,
+    TsvFormat,
+    aan_file,
+    count_tsv_examples,
+    listops_file,
+    parse_tsv_line,
+    pathfinder_index,
+    pathfinder_metadata_files,
+    pathfinder_root,
+    pathfinder_split,
+    require_examples,
+    split_indices,
+    tsv_lines,
 )
-from lra_keras.errors import UserError
-
-_SPACE = "[ \\t\\n\\v\\f\\r]*"  # the same class in RE2 (tf.strings) and Python's re
+from lra_keras.data.tasks import DataNotFoundError
 
 
-class TsvFormat(NamedTuple):
-    """One release TSV layout: field count, the label field and its pattern, text fields."""
+def _mapped(decode):
+    """The stream decoder of a per-record `decode`: a deterministic parallel map."""
 
-    num_fields: int
-    label_index: int
-    label_pattern: str  # full match, RE2 and Python syntax alike
-    what: str
-    header: bytes | None  # an optional first line, skipped when present
-    text_fields: tuple[int, ...]  # fields that must be UTF-8
+    def stream(records: tf.data.Dataset) -> tf.data.Dataset:
+        return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-
-LISTOPS_FORMAT = TsvFormat(
-    2, 1, f"{_SPACE}[0-9]{_SPACE}", "Source, Target (a digit 0-9)", b"Source\tTarget", (0,)
-)
-# AAN labels are written as floats: 0, 1, 0.0, 1.0. Texts may be any bytes.
-AAN_FORMAT = TsvFormat(
-    5, 0, f"{_SPACE}[01](\\.0*)?{_SPACE}", "label 0/1, id1, id2, text1, text2", None, ()
-)
-
-
-def tsv_lines(path: str, fmt: TsvFormat) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, line without its end) of the data lines of a release TSV.
-
-    Blank lines are skipped, and the first line when it is the format's header: a file
-    without the header loses no example.
-    """
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw[:-1] if raw.endswith(b"\n") else raw
-            line = line[:-1] if line.endswith(b"\r") else line
-            if lineno == 1 and fmt.header is not None and line == fmt.header:
-                continue
-            if line.strip():
-                yield lineno, line
-
-
-def parse_tsv_line(path: str, lineno: int, line: bytes, fmt: TsvFormat) -> list[bytes]:
-    """The fields of one data line, or a UserError naming the file and line."""
-    fields = line.split(b"\t")
-    problem = None
-    if len(fields) != fmt.num_fields:
-        problem = f"got {len(fields)} fields"
-    elif not re.fullmatch(fmt.label_pattern.encode(), fields[fmt.label_index]):
-        problem = f"field {fmt.label_index + 1} is {fields[fmt.label_index][:40]!r}"
-    else:
-        for i in fmt.text_fields:
-            try:
-                fields[i].decode("utf-8")
-            except UnicodeDecodeError:
-                problem = f"field {i + 1} is not UTF-8 text"
-    if problem:
-        shown = line.decode("utf-8", errors="replace")[:200]
-        raise UserError(
-            f"Malformed line in {path}, line {lineno}: expected {fmt.num_fields} "
-            f"tab-separated fields ({fmt.what}); {problem}: {shown!r}."
-        )
-    return fields
-
-
-def count_tsv_examples(path: str, fmt: TsvFormat, limit: int) -> int:
-    """The number of data lines of a release TSV, counting no further than `limit`."""
-    count = 0
-    for _ in tsv_lines(path, fmt):
-        count += 1
-        if count >= limit:
-            break
-    return count
-
-
-def require_examples(what: str, split: str, where: str, count: int, need: int) -> None:
-    """Raises a UserError when a split holds fewer than `need` examples (one batch)."""
-    if count >= need:
-        return
-    if count == 0:
-        raise UserError(
-            f"The {split} split of {what} is empty: {where} holds no examples (an empty file, "
-            "a header only, or nothing left after filtering). Regenerate or replace it."
-        )
-    raise UserError(
-        f"The {split} split of {what} has only {count} examples ({where}), fewer than the "
-        f"batch size {need}; training batches drop the remainder, so it would yield no batch. "
-        "Use a smaller batch size or more examples."
-    )
+    return stream
 
 
 def _numbered_lines(path: str, fmt: TsvFormat) -> tf.data.Dataset:
     """(line number, line) of the data lines of a release TSV, as `tsv_lines` yields them."""
     lines = tf.data.TextLineDataset(path).enumerate(start=1)
-    lines = lines.map(lambda n, line: (n, tf.strings.regex_replace(line, "\r$", "")))
+
+    def clean(n, line):
+        line = tf.strings.regex_replace(line, "\r$", "")
+        bom = tf.logical_and(tf.equal(n, 1), tf.equal(tf.strings.substr(line, 0, 3), UTF8_BOM))
+        return n, tf.where(bom, tf.strings.substr(line, 3, -1), line)
+
+    lines = lines.map(clean)
     if fmt.header is not None:
         header = fmt.header.decode()
         lines = lines.filter(
@@ -133,49 +71,58 @@ def _valid_utf8(text: tf.Tensor) -> tf.Tensor:
     return tf.equal(tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace"), text)
 
 
+def _shown(text: tf.Tensor, length: int) -> tf.Tensor:
+    """A prefix of `text` made valid UTF-8 (bad bytes replaced, whole characters only).
+
+    A message with invalid UTF-8 would lose the file and line in Python's error. Tabs are
+    shown as `\\t`, as Python's repr in `parse_tsv_line` shows them.
+    """
+    valid = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
+    prefix = tf.strings.substr(valid, 0, length, unit="UTF8_CHAR")
+    return tf.strings.regex_replace(prefix, "\t", "\\\\t")
+
+
 def _checked_fields(path: str, lineno, line, fmt: TsvFormat):
-    """Splits a TSV line into its fields, asserting the count, the label and the text fields."""
+    """Splits a TSV line into its fields, asserting the count, the label and the text fields.
+
+    The assertion's message is one line, as `parse_tsv_line`'s: the file, the line number,
+    what was expected, what is wrong and the line's start.
+    """
     num_fields = fmt.num_fields
     fields = tf.strings.split(line, "\t")
     count = tf.size(fields)
     fields = tf.concat([fields, tf.fill([num_fields], "")], 0)[:num_fields]
-    ok = tf.logical_and(
-        tf.equal(count, num_fields),
-        tf.strings.regex_full_match(fields[fmt.label_index], fmt.label_pattern),
+    counted = tf.equal(count, num_fields)
+    labelled = tf.strings.regex_full_match(fields[fmt.label_index], fmt.label_pattern)
+    problem = tf.where(
+        counted,
+        tf.strings.join(
+            [f"field {fmt.label_index + 1} is '", _shown(fields[fmt.label_index], 40), "'"]
+        ),
+        tf.strings.join(["got ", tf.strings.as_string(count), " fields"]),
     )
+    ok = tf.logical_and(counted, labelled)
     for i in fmt.text_fields:
-        ok = tf.logical_and(ok, _valid_utf8(fields[i]))
-    # The quoted prefix is made valid UTF-8 (bad bytes replaced, whole characters only):
-    # a message with invalid UTF-8 would lose the file and line in Python's error.
-    shown = tf.strings.unicode_transcode(line, "UTF-8", "UTF-8", errors="replace")
-    check = tf.debugging.Assert(
-        ok,
+        utf8 = _valid_utf8(fields[i])
+        problem = tf.where(ok, f"field {i + 1} is not UTF-8 text", problem)
+        ok = tf.logical_and(ok, utf8)
+    message = tf.strings.join(
         [
-            f"Malformed line in {path}, line",
-            lineno,
-            f": expected {num_fields} tab-separated fields ({fmt.what}), the label matching "
-            f"{fmt.label_pattern!r} and UTF-8 text; got",
-            count,
-            "fields:",
-            tf.strings.substr(shown, 0, 200, unit="UTF8_CHAR"),
-        ],
-        summarize=1,
+            f"Malformed line in {path}, line ",
+            tf.strings.as_string(lineno),
+            f": expected {num_fields} tab-separated fields ({fmt.what}); ",
+            problem,
+            ": '",
+            _shown(line, 200),
+            "'.",
+        ]
     )
+    check = tf.debugging.Assert(ok, [message])
     with tf.control_dependencies([check]):
         return [tf.identity(fields[i]) for i in range(num_fields)]
 
 
 # ListOps ------------------------------------------------------------------------------------
-
-
-def listops_file(data_dir: str, split: str, task_name: str = "basic") -> str:
-    name = f"{task_name}_{LISTOPS_FILE_SPLIT[split]}.tsv"
-    return find_first(
-        [os.path.join(data_dir, name), os.path.join(data_dir, "listops-1000", name)],
-        "ListOps file",
-        "Generate it with `lra-data listops --out DATA_DIR --seed 0` (or unpack the LRA "
-        "release's listops-1000 folder there).",
-    )
 
 
 def listops_release(
@@ -192,7 +139,7 @@ def listops_release(
         tokens = encoding.pad_or_truncate(ids, max_length)
         return {"tokens": tokens}, tf.strings.to_number(target, tf.int32)
 
-    return records, decode
+    return records, _mapped(decode)
 
 
 def listops_prepared(dataset: tf.data.Dataset, max_length: int):
@@ -202,20 +149,10 @@ def listops_prepared(dataset: tf.data.Dataset, max_length: int):
             example["label"], tf.int32
         )
 
-    return dataset, decode
+    return dataset, _mapped(decode)
 
 
 # Retrieval (AAN) ----------------------------------------------------------------------------
-
-
-def aan_file(data_dir: str, split: str) -> str:
-    name = f"new_aan_pairs.{AAN_FILE_SPLIT[split]}.tsv"
-    return find_first(
-        [os.path.join(data_dir, name), os.path.join(data_dir, "tsv_data", name)],
-        "AAN retrieval file",
-        "Unpack the LRA release (lra_release/tsv_data/new_aan_pairs.{train,eval,test}.tsv, "
-        "from https://storage.googleapis.com/long-range-arena/lra_release.gz) into DATA_DIR.",
-    )
 
 
 def retrieval_release(data_dir: str, split: str, max_length: int, need: int = 1):
@@ -229,7 +166,7 @@ def retrieval_release(data_dir: str, split: str, max_length: int, need: int = 1)
         label = tf.cast(tf.strings.to_number(label, tf.float32), tf.int32)
         return {"tokens_1": tokens[0], "tokens_2": tokens[1]}, label
 
-    return records, decode
+    return records, _mapped(decode)
 
 
 def retrieval_prepared(dataset: tf.data.Dataset, max_length: int):
@@ -237,96 +174,10 @@ def retrieval_prepared(dataset: tf.data.Dataset, max_length: int):
         tokens = encoding.encode_bytes(tf.stack([example["text_1"], example["text_2"]]), max_length)
         return {"tokens_1": tokens[0], "tokens_2": tokens[1]}, tf.cast(example["label"], tf.int32)
 
-    return dataset, decode
+    return dataset, _mapped(decode)
 
 
 # Pathfinder ---------------------------------------------------------------------------------
-
-
-def _pathfinder_how(resolution: int, difficulty: str) -> str:
-    return (
-        f"Generate it with `lra-data pathfinder --out DATA_DIR --resolution {resolution} "
-        f"--difficulty {difficulty} --num_images 200000 --seed 0 --workers 8` (or unpack the "
-        f"LRA release's pathfinder{resolution} folder there)."
-    )
-
-
-def pathfinder_root(data_dir: str, resolution: int, difficulty: str) -> str:
-    sub = DIFFICULTY_DIRS[difficulty]
-    return find_first(
-        [
-            os.path.join(data_dir, sub),
-            os.path.join(data_dir, f"pathfinder{resolution}", sub),
-            os.path.join(data_dir, "lra_release", f"pathfinder{resolution}", sub),
-        ],
-        f"Pathfinder {resolution}px {difficulty!r} folder",
-        _pathfinder_how(resolution, difficulty),
-    )
-
-
-def pathfinder_metadata_files(root: str) -> list[str]:
-    """The `metadata/<k>.npy` files under a difficulty folder, in numeric order."""
-    meta_dir = os.path.join(root, "metadata")
-    if not os.path.isdir(meta_dir):
-        return []
-    names = [n for n in os.listdir(meta_dir) if n.endswith(".npy")]
-    names.sort(key=lambda n: (len(n), n))  # numeric order for 0.npy, 1.npy, ..., 10.npy
-    return [os.path.join(meta_dir, n) for n in names]
-
-
-def pathfinder_index(
-    root: str, resolution: int = 32, difficulty: str = "hard"
-) -> tuple[list[str], list[int]]:
-    """Reads every `metadata/<k>.npy` (text rows) under `root`: image paths and labels.
-
-    A row whose image path leaves `root` (`..`, an absolute path) is refused.
-    """
-    meta_dir = os.path.join(root, "metadata")
-    if not os.path.isdir(meta_dir):
-        raise DataNotFoundError(
-            f"Pathfinder metadata folder not found: expected {meta_dir} (metadata/<k>.npy text "
-            f"rows beside imgs/<k>/). {_pathfinder_how(resolution, difficulty)}"
-        )
-    base = os.path.normpath(os.path.abspath(root))
-    paths, labels = [], []
-    for meta in pathfinder_metadata_files(root):
-        with open(meta, "rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                row = raw.decode("utf-8", errors="replace")
-                fields = row.split()
-                if not fields:
-                    continue
-                if "\ufffd" in row or len(fields) < 4 or fields[3] not in ("0", "1"):
-                    raise UserError(
-                        f"Malformed Pathfinder metadata in {meta}, line {lineno}: expected "
-                        f"'imgs/<k> sample_<n>.png <n> <label 0/1> ...', got {row.strip()!r}."
-                    )
-                path = os.path.normpath(os.path.join(base, fields[0], fields[1]))
-                if (
-                    os.path.isabs(fields[0])
-                    or os.path.isabs(fields[1])
-                    or (os.path.commonpath([base, path]) != base)
-                ):
-                    raise UserError(
-                        f"Pathfinder metadata in {meta}, line {lineno} names an image outside "
-                        f"the data folder {root}: {fields[0]}/{fields[1]}. Image paths must be "
-                        "relative and stay inside it (imgs/<k> sample_<n>.png)."
-                    )
-                paths.append(path)
-                labels.append(int(fields[3]))
-    if not paths:
-        raise DataNotFoundError(
-            f"No Pathfinder metadata rows under {meta_dir}. "
-            f"{_pathfinder_how(resolution, difficulty)}"
-        )
-    return paths, labels
-
-
-def split_indices(num: int, split: str, split_seed: int) -> np.ndarray:
-    """The seeded 80/10/10 train/validation/test partition of `num` examples."""
-    order = np.random.default_rng(split_seed).permutation(num)
-    a, b = int(0.8 * num), int(0.9 * num)
-    return {"train": order[:a], "validation": order[a:b], "test": order[b:]}[split]
 
 
 def pathfinder_release(
@@ -337,43 +188,16 @@ def pathfinder_release(
     split_seed: int = 0,
     need: int = 1,
 ):
-    root = pathfinder_root(data_dir, resolution, difficulty)
-    paths, labels = pathfinder_index(root, resolution, difficulty)
-    keep = split_indices(len(paths), split, split_seed)
-    # The release has empty files (e.g. pathfinder32/curv_baseline/imgs/0/sample_172.png).
-    nonempty = []
-    for i in keep:
-        try:
-            if os.path.getsize(paths[i]) > 0:
-                nonempty.append(i)
-        except OSError as err:
-            raise DataNotFoundError(
-                f"Pathfinder image {paths[i]}, listed in {root}/metadata, cannot be read "
-                f"({err.strerror}). {_pathfinder_how(resolution, difficulty)}"
-            ) from err
-    keep = nonempty
-    require_examples(f"pathfinder {resolution}px {difficulty}", split, root, len(keep), need)
-    records = tf.data.Dataset.from_tensor_slices(
-        ([paths[i] for i in keep], np.asarray(labels, np.int32)[keep])
-    )
-
-    def decode(path, label):
-        png = _checked_png(path, tf.io.read_file(path), resolution)
-        return _pixels(png, resolution), label
-
-    return records, decode
+    paths, labels = pathfinder_split(data_dir, split, resolution, difficulty, split_seed, need)
+    records = tf.data.Dataset.from_tensor_slices((paths, labels))
+    return records, lambda shuffled: _decoded_images(shuffled, resolution)
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
+def _png_problem(png: tf.Tensor, resolution: int):
+    """("" or what is wrong, width, height): `release_files.png_problem` in graph ops.
 
-
-def _checked_png(path: tf.Tensor, png: tf.Tensor, resolution: int) -> tf.Tensor:
-    """Asserts, naming the file, that `png` is a whole PNG of `resolution` x `resolution`.
-
-    The checks read the signature, the IHDR size and the final IEND chunk, so a non-PNG, a
-    wrong-size or a truncated file is named; damage inside the compressed data is left to the
-    decoder, which cannot name the file.
+    The signature, the IHDR size and the final IEND chunk name a non-PNG, a wrong-size or a
+    truncated file; damage inside the compressed data is found by the decoder.
     """
     padded = tf.strings.join([png, b"\0" * 24])
     head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, 24), tf.uint8), tf.int64)
@@ -381,30 +205,90 @@ def _checked_png(path: tf.Tensor, png: tf.Tensor, resolution: int) -> tf.Tensor:
     width = tf.reduce_sum(head[16:20] * scale)
     height = tf.reduce_sum(head[20:24] * scale)
     is_png = tf.logical_and(
-        tf.equal(tf.strings.substr(padded, 0, 8), _PNG_SIGNATURE),
+        tf.equal(tf.strings.substr(padded, 0, 8), PNG_SIGNATURE),
         tf.equal(tf.strings.substr(padded, 12, 4), b"IHDR"),
     )
-    whole = tf.equal(tf.strings.substr(tf.strings.join([b"\0" * 12, png]), -12, 12), _PNG_END)
+    whole = tf.equal(tf.strings.substr(tf.strings.join([b"\0" * 12, png]), -12, 12), PNG_END)
     sized = tf.logical_and(tf.equal(width, resolution), tf.equal(height, resolution))
-    reason = tf.where(
-        is_png,
-        tf.where(whole, "has the wrong size", "is truncated (no IEND chunk at its end)"),
-        "is not a PNG file",
-    )
-    check = tf.debugging.Assert(
-        tf.logical_and(is_png, tf.logical_and(whole, sized)),
+    problem = tf.where(sized, "", "has the wrong size")
+    problem = tf.where(whole, problem, "is truncated (no IEND chunk at its end)")
+    problem = tf.where(is_png, problem, "is not a PNG file")
+    return problem, width, height
+
+
+def _bad_image_message(path, problem, resolution: int, width, height) -> tf.Tensor:
+    """`release_files.bad_image` as a string tensor."""
+    return tf.strings.join(
         [
-            "Bad Pathfinder image",
+            "Bad Pathfinder image ",
             path,
-            ":",
-            reason,
-            f"(expected a whole {resolution}x{resolution} PNG; width, height):",
-            width,
-            height,
-        ],
+            ": ",
+            problem,
+            f" (expected a whole {resolution}x{resolution} PNG; got width ",
+            tf.strings.as_string(width),
+            ", height ",
+            tf.strings.as_string(height),
+            "). Regenerate or replace it.",
+        ]
     )
-    with tf.control_dependencies([check]):
-        return tf.identity(png)
+
+
+_UNDECODABLE = (
+    "cannot be read or decoded (corrupt compressed pixel data, or the file went away). "
+    "Regenerate or replace it."
+)
+
+
+def _decoded_images(records: tf.data.Dataset, resolution: int) -> tf.data.Dataset:
+    """Decodes `(path, label)` records to `({"tokens"}, label)`, naming any bad image.
+
+    `tf.io.decode_png` cannot say which file it failed on, so a failed decode is dropped
+    (`ignore_errors`) and the next record names it: each record carries its position in the
+    pass and the previous record's path, and a gap in the positions is the failed image. A
+    sentinel record at the end names a failure in the last image. All of it is tf.data, so
+    the iterator stays checkpointable.
+    """
+    end = tf.data.Dataset.from_tensors((tf.constant(""), tf.constant(-1, tf.int32)))
+    zero = tf.constant(0, tf.int64)
+
+    def number(state, record):
+        position, previous = state
+        path, label = record
+        return (position + 1, path), (position, previous, path, label)
+
+    numbered = records.concatenate(end).scan((zero, tf.constant("")), number)
+
+    def decode(position, previous, path, label):
+        is_end = label < 0
+        png = tf.cond(is_end, lambda: tf.constant(b""), lambda: tf.io.read_file(path))
+        problem, width, height = _png_problem(png, resolution)
+        problem = tf.where(is_end, "", problem)
+        pixels = tf.cond(
+            tf.logical_or(is_end, tf.not_equal(problem, "")),
+            lambda: tf.zeros([resolution, resolution, 1], tf.uint8),
+            lambda: tf.io.decode_png(png, channels=1),
+        )
+        image = (problem, width, height, pixels)
+        return position, previous, path, label, image
+
+    decoded = numbered.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    decoded = decoded.ignore_errors()
+
+    def check(expected, element):
+        position, previous, path, label, (problem, width, height, pixels) = element
+        dropped = tf.debugging.Assert(
+            tf.equal(position, expected),
+            [tf.strings.join(["Bad Pathfinder image ", previous, f": {_UNDECODABLE}"])],
+        )
+        bad = tf.debugging.Assert(
+            tf.equal(problem, ""), [_bad_image_message(path, problem, resolution, width, height)]
+        )
+        with tf.control_dependencies([dropped, bad]):
+            flat = tf.reshape(tf.cast(pixels, tf.int32), [resolution * resolution])
+            return position + 1, ({"tokens": flat}, tf.identity(label))
+
+    checked = decoded.scan(zero, check)
+    return checked.filter(lambda features, label: label >= 0)
 
 
 def _pixels(png: tf.Tensor, resolution: int) -> dict:
@@ -418,7 +302,7 @@ def pathfinder_prepared(dataset: tf.data.Dataset, resolution: int):
     def decode(example):
         return _pixels(example["image"], resolution), tf.cast(example["label"], tf.int32)
 
-    return dataset, decode
+    return dataset, _mapped(decode)
 
 
 # TFDS: IMDb and CIFAR-10 --------------------------------------------------------------------
@@ -490,7 +374,7 @@ def text_tfds(data_dir: str, split: str, max_length: int, split_seed: int = 0, n
         tokens = encoding.encode_bytes(example["text"][None], max_length)[0]
         return {"tokens": tokens}, tf.cast(example["label"], tf.int32)
 
-    return records, decode
+    return records, _mapped(decode)
 
 
 def grayscale_ids(image: tf.Tensor) -> tf.Tensor:
@@ -507,4 +391,4 @@ def image_tfds(data_dir: str, split: str, need: int = 1):
     def decode(example):
         return {"tokens": grayscale_ids(example["image"])}, tf.cast(example["label"], tf.int32)
 
-    return records, decode
+    return records, _mapped(decode)

@@ -15,6 +15,7 @@ from lra_keras.layers.attention.linformer_attention import LinformerAttention
 from lra_keras.layers.attention.local_attention import LocalAttention
 from lra_keras.layers.attention.longformer_attention import LongformerAttention
 from lra_keras.layers.attention.lru_mixing import LRUMixing
+from lra_keras.layers.attention.mega_mixing import MegaMixing
 from lra_keras.layers.attention.memory_compressed_attention import MemoryCompressedAttention
 from lra_keras.layers.attention.nystrom_attention import NystromAttention
 from lra_keras.layers.attention.performer_attention import PerformerAttention
@@ -55,6 +56,7 @@ __all__ = [
     "LinformerAttention",
     "LocalAttention",
     "LongformerAttention",
+    "MegaMixing",
     "MemoryCompressedAttention",
     "NystromAttention",
     "PerformerAttention",

@@ -233,6 +233,10 @@ def _preset_config(task: str, attention: str, preset: str) -> dict:
         # A state-space model with its own paper's model and training settings.
         ssm_config, attention_kwargs = presets.STATE_SPACE_PRESETS[attention](task, preset)
         config.update(ssm_config)
+    if preset != "tiny" and attention == "mega":
+        # Mega's own (paper) model and training settings.
+        mega_config, attention_kwargs = presets.mega_preset(task, preset)
+        config.update(mega_config)
     if preset == "tiny":
         config.update(presets.TINY_MODEL)
         config.update(presets.TINY_TRAINING)

@@ -452,6 +452,75 @@ def s5_preset(task: str, preset: str) -> tuple[dict, dict]:
     return config, kwargs
 
 
+# ----------------------------------------------------------------- Mega (the `mega` mixer)
+# Mega's LRA runs (Ma et al., ICLR 2023) as its repository sets them (facebookresearch/mega,
+# commit 09f1a87: examples/mega/README.lra.md for depth, norm, attention function, dropout,
+# learning rate, weight decay, batch x update-freq, steps, warmup; fairseq/models/lra/model.py
+# `mega_lra_{listop,imdb,aan,cifar10,pf32,pf128}` for the widths: embed d, z, hidden (= the
+# FFN width), truncation). Every task: EMA dimension 16, bidirectional EMA, the "simple"
+# relative position bias, unchunked attention (the architectures' chunk is -1 or the whole
+# image), mean pooling, Adam (0.9, 0.98) with decoupled weight decay, gradient clip 1.0, one
+# learning rate for every weight (no separate EMA group). Mega-chunk: add `chunk_size` to
+# `attention_kwargs`. Not carried over: linear decay to 0 (the zoo's cosine stands in); the
+# zoo's block (pre-LayerNorm, attention residual, MLP) around the Mega layer (Mega's layer
+# carries its own gated residual, then a normalised FFN; its norm is recorded here, not
+# applied); Adam's beta_2 0.98. Path-X: batch 2 on 8 GPUs x update-freq 8; its warmup is a
+# free variable in the README (`${WARMUP}`), here Pathfinder's 20%.
+# Model columns: depth, d, z_dim, hidden_dim, attention function, norm, pre-norm, truncation.
+MEGA_LRA_MODEL = {
+    "listops": (6, 80, 64, 160, "softmax", "layer", False, 1024),
+    "text": (4, 128, 64, 256, "softmax", "scale", False, 1024),
+    "retrieval": (6, 128, 64, 256, "softmax", "scale", False, 1024),
+    "image": (8, 160, 96, 320, "laplace", "batch", True, 1024),
+    "pathfinder": (6, 128, 64, 256, "laplace", "batch", True, 1024),
+    "pathx": (4, 64, 32, 128, "laplace", "batch", True, 4096),
+}
+# Training columns: dropout, learning rate, weight decay, batch (x update-freq), steps, warmup.
+MEGA_LRA_TRAINING = {
+    "listops": (0.1, 0.001, 0.01, 64, 90000, 3000),
+    "text": (0.1, 0.004, 0.01, 50, 25000, 10000),
+    "retrieval": (0.1, 0.003, 0.04, 64, 91960, 10000),
+    "image": (0.0, 0.01, 0.02, 50, 180000, 9000),
+    "pathfinder": (0.0, 0.01, 0.01, 128, 250000, 50000),
+    "pathx": (0.0, 0.01, 0.01, 128, 125000, 25000),
+}
+# Not in the repository: Pathfinder-64 as Pathfinder-32, Pathfinder-256 as Path-X.
+for _table in (MEGA_LRA_MODEL, MEGA_LRA_TRAINING):
+    _table["pathfinder64"] = _table["pathfinder"]
+    _table["pathfinder256"] = _table["pathx"]
+
+
+def mega_preset(task: str, preset: str) -> tuple[dict, dict]:
+    """(config keys, attention_kwargs) of the `mega` mixer on `task` for `lra` or `small`.
+
+    `lra`: the tables above, the bias table covering the task's length. `small`: the same
+    optimiser at a quarter of the steps, on half the depth (at least 2) and half the widths.
+    """
+    depth, width, z_dim, hidden, function, _, _, truncation = MEGA_LRA_MODEL[task]
+    dropout, lr, weight_decay, batch, steps, warmup = MEGA_LRA_TRAINING[task]
+    data = LRA[task]["data"]
+    length = data.get("max_length") or data["image_shape"][0] * data["image_shape"][1]
+    if preset == "small":
+        depth, width, z_dim, hidden = max(2, depth // 2), width // 2, z_dim // 2, hidden // 2
+        steps, warmup = steps // 4, warmup // 4
+    config = _model(depth, 1, width, width, hidden, dropout=dropout, attention_dropout=0.0)
+    eval_every = LRA[task]["training"]["eval_every"]
+    config.update(
+        _train(batch, lr, weight_decay, warmup, "cosine", steps, eval_every, clip=1.0),
+        pooling="mean",
+    )
+    kwargs = {
+        "ema_dim": 16,
+        "z_dim": z_dim,
+        "hidden_dim": hidden,
+        "attention_activation": function,
+        "max_positions": length,
+        "truncation": truncation,
+    }
+    return config, kwargs
+
+
+TINY_ATTENTION["mega"] = {"ema_dim": 4, "z_dim": 16, "chunk_size": 32}
 TINY_ATTENTION["s5"] = {"state_dim": 16, "blocks": 2}
 TINY_ATTENTION["lru"] = {"state_dim": 16}
 # The mixers whose `lra` and `small` presets are their own papers' configurations.

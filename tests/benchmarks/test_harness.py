@@ -511,3 +511,29 @@ def test_pathfinder_control_reads_the_accuracy_benchmarks_images(tmp_path):
     assert (tmp_path / "pathfinder_easy_40" / ".complete").exists()
     with pytest.raises(SystemExit):
         pathfinder_control.main(["--images=5"])
+
+
+def test_attention_kwargs_reach_the_variant_and_the_children(monkeypatch):
+    # Mega-chunk's rows: `--attention_kwargs '{"chunk_size": 16}'` on top of mega's own preset.
+    model = efficiency.build_text_model("mega", 64, "lra", attention_kwargs={"chunk_size": 16})
+    layer = model.get_layer("encoder").blocks[0].attention_layer
+    assert layer.chunk_size == 16 and layer.ema_dim == 16
+    assert (
+        efficiency.build_text_model("mega", 64, "lra")
+        .get_layer("encoder")
+        .blocks[0]
+        .attention_layer.chunk_size
+        is None
+    )
+    seen = []
+
+    def fake_run(command, **kwargs):
+        seen.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout='{"peak_mib": 1.0}\n', stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    args = fake_args(attention_kwargs='{"chunk_size": 16}')
+    efficiency._run_worker("step", args, attention="mega", length=64)
+    assert seen[-1][seen[-1].index("--attention_kwargs") + 1] == '{"chunk_size": 16}'
+    with pytest.raises(SystemExit):
+        efficiency.main(["--attention_kwargs", "[16]"])

@@ -3,6 +3,7 @@
 Fixtures are written in the release formats (generated TSVs and PNG folders), then damaged.
 """
 
+import errno
 import os
 import shutil
 import subprocess
@@ -13,8 +14,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lra_keras.data import load, prepare, write_listops, write_pathfinder
+from lra_keras.data import (
+    listops_generator,
+    load,
+    load_numpy,
+    prepare,
+    user_error_from,
+    write_listops,
+    write_pathfinder,
+)
 from lra_keras.data.output_folder import MARKER
+from lra_keras.data.release_files import UTF8_BOM
 from lra_keras.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,6 +116,126 @@ def test_pathfinder_regenerated_with_fewer_images_leaves_no_old_metadata(tmp_pat
     assert sorted(os.listdir(root / "imgs")) == ["0"]
     rows = (root / "metadata" / "0.npy").read_text().splitlines()
     assert [r.split()[:2] for r in rows] == [["imgs/0", "sample_0.png"], ["imgs/0", "sample_1.png"]]
+
+
+# A full disk: the file named, the folder left marked incomplete and refused by every reader --
+
+
+def no_space(*args, **kwargs):
+    """What `write()` raises on a full disk: ENOSPC without a file name."""
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_names_the_file_and_readers_refuse_the_folder(tmp_path, monkeypatch):
+    out = tmp_path / "listops"
+    real = listops_generator._write_tsv
+
+    def fill_up(path, examples):
+        if path.endswith("_val.tsv"):
+            Path(path).write_text("Source\tTarget\n( [MAX 2")  # the truncated file it leaves
+            no_space()
+        real(path, examples)
+
+    monkeypatch.setattr(listops_generator, "_write_tsv", fill_up)
+    with pytest.raises(UserError) as err:
+        write_listops(str(out), 6, 3, 3, **SMALL)
+    message = str(err.value)
+    assert f"No space left on device while writing {out / 'basic_val.tsv'}" in message
+    assert "--overwrite" in message and "None" not in message
+    for split in ("train", "validation"):  # train was written whole: the folder is refused
+        with pytest.raises(UserError, match=f"data folder {out} is incomplete.*Regenerate"):
+            load("listops", split, str(out), 2)
+        with pytest.raises(UserError, match=f"data folder {out} is incomplete.*Regenerate"):
+            load_numpy("listops", split, str(out), 2)
+    with pytest.raises(UserError, match="incomplete"):
+        prepare("listops", str(out))
+    monkeypatch.setattr(listops_generator, "_write_tsv", real)
+    write_listops(str(out), 6, 3, 3, overwrite=True, **SMALL)  # what the message says to do
+    assert len(labels("listops", "validation", out)) == 3
+
+
+def test_full_disk_in_pathfinder_names_the_image(tmp_path, monkeypatch):
+    from lra_keras.data import pathfinder_generator
+
+    real, saved = pathfinder_generator._save_png, []
+
+    def fill_up(image, path):
+        if len(saved) == 3:
+            no_space()
+        saved.append(path)
+        real(image, path)
+
+    monkeypatch.setattr(pathfinder_generator, "_save_png", fill_up)
+    with pytest.raises(UserError) as err:
+        write_pathfinder(str(tmp_path), num_images=6, seed=1, images_per_folder=4)
+    root = tmp_path / "curv_contour_length_14"
+    assert f"while writing {root / 'imgs' / '0' / 'sample_3.png'}: the output folder {root}" in (
+        str(err.value)
+    )
+    for reader in (load, load_numpy):
+        with pytest.raises(UserError, match=f"data folder {root} is incomplete"):
+            reader("pathfinder", "test", str(tmp_path), 1)
+
+
+def test_unreadable_marker_counts_as_incomplete(tmp_path, listops_dir):
+    data = copy_listops(listops_dir, tmp_path / "d")
+    (data / MARKER).write_text('{"generator": "lra-data listops", "argu')  # cut short
+    for reader in (load, load_numpy):
+        with pytest.raises(UserError, match="incomplete.*cannot be read.*--overwrite"):
+            reader("listops", "test", str(data), 2)
+
+
+def test_cli_full_disk_is_one_line(tmp_path):
+    # Without TensorFlow (the generators need none), so the subprocess starts fast.
+    code = (
+        "import errno, os, sys\n"
+        "from lra_keras.data import listops_generator\n"
+        "def full(path, examples):\n"
+        "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "listops_generator._write_tsv = full\n"
+        "from lra_keras.data.cli import run\n"
+        "sys.argv = ['lra-data', 'listops', '--out', 'out', '--num_train', '4', "
+        "'--num_val', '2', '--num_test', '2', '--min_length', '5', '--max_length', '40']\n"
+        "run()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=tmp_path
+    )
+    assert_one_line_error(done, f"while writing {Path('out', 'basic_train.tsv')}", "--overwrite")
+    assert "None" not in done.stderr
+
+
+# A UTF-8 byte order mark and CRLF line ends (Notepad) read as the plain file -----------------
+
+
+@pytest.mark.parametrize("bom", [b"", UTF8_BOM])
+@pytest.mark.parametrize("end", [b"\n", b"\r\n"])
+@pytest.mark.parametrize("task", ["listops", "retrieval"])
+def test_bom_and_crlf_read_as_the_plain_file(tmp_path, listops_dir, aan_dir, task, bom, end):
+    source, name = (
+        (listops_dir, "basic_test.tsv")
+        if task == "listops"
+        else (aan_dir, "new_aan_pairs.test.tsv")
+    )
+    data = tmp_path / "d"
+    shutil.copytree(source, data)
+    path = data / name
+    path.write_bytes(bom + path.read_bytes().replace(b"\n", end))
+    for reader in (load, load_numpy):
+        want = reader(task, "test", source, 4, max_length=40, shuffle=False)
+        got = reader(task, "test", str(data), 4, max_length=40, shuffle=False)
+        if reader is load:
+            want, got = list(want.as_numpy_iterator()), list(got.as_numpy_iterator())
+        else:
+            want, got = list(want), list(got)
+        assert len(got) == len(want) == 3
+        for (gx, gy), (wx, wy) in zip(got, want, strict=True):
+            np.testing.assert_array_equal(gy, wy)
+            for key in wx:
+                np.testing.assert_array_equal(gx[key], wx[key])
+    if task == "listops":  # prepare reads it as the readers do
+        prepare("listops", str(data))
+        assert len(labels("listops", "test", data)) == 12
 
 
 # Prepared records: rebuilt or refused when their sources changed ------------------------------
@@ -218,6 +348,8 @@ def test_file_without_header_keeps_its_first_example(tmp_path, listops_dir):
         (b"( [MAX \xff 3 ] )\t3", 4),  # non-UTF-8 source
         (b"( [MAX 2 3 ] )\t3.5", 4),
         (b"( [MAX 2 3 ] )\t10", 4),
+        (b"( [MAX 2 3 ] )\t12", 2),
+        (b"( [MAX 2 3 ] )\tx", 3),
     ],
 )
 def test_reader_and_prepare_refuse_the_same_lines(tmp_path, listops_dir, line, lineno):
@@ -225,8 +357,12 @@ def test_reader_and_prepare_refuse_the_same_lines(tmp_path, listops_dir, line, l
     replace_line(data / "basic_test.tsv", lineno - 1, line)
     with pytest.raises(tf.errors.InvalidArgumentError) as err:
         labels("listops", "test", data)
-    message = str(err.value).replace("\n", "")
-    assert f"basic_test.tsv, line] [{lineno}]" in message
+    message = str(user_error_from(err.value))
+    where = f"Malformed line in {data / 'basic_test.tsv'}, line {lineno}: expected 2"
+    assert message.startswith(where) and "\n" not in message
+    with pytest.raises(UserError) as numpy_err:
+        load_numpy("listops", "test", str(data), 4, max_length=40)
+    assert str(numpy_err.value) == message  # the numpy reader's message is the same line
     with pytest.raises(UserError, match=f"basic_test.tsv, line {lineno}: expected 2"):
         prepare("listops", str(data))
 
@@ -234,8 +370,11 @@ def test_reader_and_prepare_refuse_the_same_lines(tmp_path, listops_dir, line, l
 def test_aan_labels_agree(tmp_path, aan_dir):
     shutil.copytree(aan_dir, tmp_path / "d")
     replace_line(tmp_path / "d" / "new_aan_pairs.test.tsv", 1, b"3.5\ta\tb\tt1\tt2")
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"test.tsv, line\] \[2\]"):
+    with pytest.raises(tf.errors.InvalidArgumentError) as err:
         labels("retrieval", "test", tmp_path / "d")
+    assert "new_aan_pairs.test.tsv, line 2: expected 5" in str(user_error_from(err.value))
+    with pytest.raises(UserError, match="new_aan_pairs.test.tsv, line 2: expected 5"):
+        load_numpy("retrieval", "test", str(tmp_path / "d"), 4)
     with pytest.raises(UserError, match="new_aan_pairs.test.tsv, line 2"):
         prepare("retrieval", str(tmp_path / "d"))
 
@@ -290,13 +429,34 @@ def damage(root, kind):
 def test_bad_image_names_file(tmp_path, pathfinder_dir, kind):
     shutil.copytree(pathfinder_dir, tmp_path / "d")
     image = damage(tmp_path / "d" / "curv_contour_length_14", kind)
-    if kind != "corrupt":  # the reader's checks; only the decoder sees damaged pixel data
-        with pytest.raises(tf.errors.InvalidArgumentError) as err:
-            for split in ("train", "validation", "test"):
-                labels("pathfinder", split, tmp_path / "d")
-        assert f"[Bad Pathfinder image] [{image}]" in str(err.value)
+    with pytest.raises(tf.errors.InvalidArgumentError) as err:
+        for split in ("train", "validation", "test"):
+            labels("pathfinder", split, tmp_path / "d")
+    message = str(user_error_from(err.value))
+    assert message.startswith(f"Bad Pathfinder image {image}: ") and "\n" not in message
+    with pytest.raises(UserError, match=f"Bad Pathfinder image {image}: "):
+        for split in ("train", "validation", "test"):
+            list(load_numpy("pathfinder", split, str(tmp_path / "d"), 1))
     with pytest.raises(UserError, match=f"Bad Pathfinder image {image}"):
         prepare("pathfinder", str(tmp_path / "d"))
+
+
+def test_lazy_error_message_is_one_line_and_unescaped():
+    text = (
+        "{{function_node __wrapped__IteratorGetNext}} assertion failed: [Malformed line in "
+        "/d/it\\'s.tsv, line 7: expected 2 tab-separated fields; field 2 is \\'x\\': "
+        "\\'( [MAX \\303\\251 ] )\\\\tx\\'.]\n\t [[{{node Assert/Assert}}]] [Op:IteratorGetNext]"
+    )
+    error = user_error_from(tf.errors.InvalidArgumentError(None, None, text))
+    assert isinstance(error, UserError)
+    assert str(error) == (
+        "Malformed line in /d/it's.tsv, line 7: expected 2 tab-separated fields; field 2 is "
+        "'x': '( [MAX \u00e9 ] )\\tx'."
+    )
+    assert (
+        user_error_from(tf.errors.InvalidArgumentError(None, None, "assertion failed: [x]")) is None
+    )
+    assert user_error_from(ValueError("Malformed line in f, line 1")) is None
 
 
 @pytest.mark.parametrize("where", ["../../elsewhere/imgs/0", "/tmp/imgs/0"])

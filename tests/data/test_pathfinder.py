@@ -179,3 +179,22 @@ def test_prepared_records_match_release(tmp_path, pathfinder_dir):
     for (fa, ya), (fb, yb) in zip(release, prepared, strict=True):
         np.testing.assert_array_equal(ya, yb)
         np.testing.assert_array_equal(fa["tokens"], fb["tokens"])
+
+
+def test_reader_iterator_checkpoints_and_restores(tmp_path, pathfinder_dir):
+    # The trainer checkpoints its data iterator: the image decoding (positions, a sentinel,
+    # dropped decodes named by the next record) must save and restore mid-pass.
+    import tensorflow as tf
+
+    for skip in (1, 4):  # mid-pass, and in the pass's last batch (16 images, 5 batches)
+        iterator = iter(load("pathfinder", "train", pathfinder_dir, 3, seed=4).repeat())
+        for _ in range(skip):
+            next(iterator)
+        checkpoint = tf.train.Checkpoint(iterator=iterator)
+        path = checkpoint.write(str(tmp_path / f"ckpt{skip}"))
+        want = [next(iterator) for _ in range(7)]  # crosses into the next passes
+        checkpoint.read(path).assert_consumed()
+        got = [next(iterator) for _ in range(7)]
+        for (gx, gy), (wx, wy) in zip(got, want, strict=True):
+            np.testing.assert_array_equal(gx["tokens"].numpy(), wx["tokens"].numpy())
+            np.testing.assert_array_equal(gy.numpy(), wy.numpy())

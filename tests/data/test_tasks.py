@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lra_keras.data import TASKS, load, prepare
+from lra_keras.data import TASKS, load, prepare, user_error_from
 
 
 def byte_ids(text, max_length):
@@ -36,8 +36,8 @@ def test_retrieval_malformed_line(tmp_path, aan_dir):
     (tmp_path / "new_aan_pairs.test.tsv").write_text("\n".join(lines) + "\n")
     with pytest.raises(tf.errors.InvalidArgumentError) as err:
         list(load("retrieval", "test", str(tmp_path), 2, max_length=8))
-    message = str(err.value).replace("\n", "")
-    assert "new_aan_pairs.test.tsv, line] [3]" in message and "got] [4]" in message
+    message = str(user_error_from(err.value))
+    assert "new_aan_pairs.test.tsv, line 3: expected 5" in message and "got 4 fields" in message
 
 
 def test_unknown_task_split_option_length():

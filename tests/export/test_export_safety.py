@@ -37,6 +37,15 @@ def run_dir(tmp_path_factory):
     return run, config, model
 
 
+@pytest.fixture(scope="module")
+def export_path(run_dir, tmp_path_factory):
+    """An export of `run_dir`'s model, shared by the tests that only read it."""
+    _, config, model = run_dir
+    return export_saved_model(
+        model, str(tmp_path_factory.mktemp("served") / "export"), config=config
+    )
+
+
 def listing(folder):
     return sorted(
         os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs
@@ -80,9 +89,9 @@ def test_overwrite_replaces_only_an_export(run_dir, tmp_path):
     assert (tmp_path / "export" / "results.json").exists()
 
 
-def test_serve_refuses_the_wrong_length(run_dir, tmp_path):
-    _, config, model = run_dir
-    path = export_saved_model(model, str(tmp_path / "export"), config=config)
+def test_serve_refuses_the_wrong_length(run_dir, export_path):
+    _, config, _ = run_dir
+    path = export_path
     length = config["max_length"]
     wrong = np.ones((2, length + 3), np.int32)
     reloaded = tf.saved_model.load(path)
@@ -140,3 +149,57 @@ def test_cli_exports_then_overwrites_its_export(run_dir, tmp_path):
     done = lra_export("--model_dir", run, "--out", out, "--overwrite")
     assert done.returncode == 0, done.stderr[-3000:]
     assert load(str(out)).config["attention"] == "full"
+
+
+class _ServeMustNotRun:
+    """Stands in for the SavedModel: its signatures are the real ones, `serve` fails."""
+
+    def __init__(self, saved_model):
+        self.signatures = saved_model.signatures
+
+    def serve(self, inputs):
+        raise AssertionError("the model ran on ids that should have been refused")
+
+
+def test_load_refuses_ids_that_are_not_token_ids(run_dir, export_path):
+    # A float id was truncated (1.9 -> 1) and a negative one wrapped around the embedding
+    # (-3 -> token 14 of 17) without a word; ids past the vocabulary and strings crashed.
+    config = run_dir[1]
+    loaded = load(export_path)
+    length, vocab = config["max_length"], config["vocab_size"]
+    good = np.ones((2, length), np.int32)
+    expected = loaded(good)["logits"]
+    # Whole-valued floats and other integer dtypes are ids all the same.
+    np.testing.assert_allclose(loaded(good.astype("float32"))["logits"], expected, atol=1e-6)
+    np.testing.assert_allclose(loaded(good.astype("int64"))["logits"], expected, atol=1e-6)
+    real = loaded.saved_model
+    loaded.saved_model = _ServeMustNotRun(real)
+
+    def bad(index, value, dtype=None):
+        ids = good.astype(dtype or np.asarray(value).dtype)
+        ids[index] = value
+        return ids
+
+    cases = [
+        (bad((1, 3), 1.9), r"non-integer id 1\.9 at index \[1, 3\]"),
+        (bad((0, 0), np.nan, "float32"), r"non-integer id nan at index \[0, 0\]"),
+        (bad((0, 2), -3), r"negative id -3 at index \[0, 2\]"),
+        (bad((1, 5), vocab), rf"out-of-vocabulary id {vocab} at index \[1, 5\]"),
+        (bad((0, 1), 2**32 + 1), r"out-of-vocabulary id 4294967297"),
+        (np.full((2, length), "7"), "got strings; use `predict_text`"),
+        ("some text", "got a string; use `predict_text`"),
+        (good.astype(bool), "got booleans"),
+    ]
+    for ids, message in cases:
+        with pytest.raises(
+            UserError, match=rf"^'tokens' must be integer token ids in \[0, {vocab}\)"
+        ):
+            loaded(ids)
+        with pytest.raises(UserError, match=message) as error:
+            loaded(ids)
+        assert "\n" not in str(error.value)
+    # The shape is still checked, as a UserError now.
+    with pytest.raises(UserError, match=rf"shape \[batch, {length}\]"):
+        loaded(np.ones((2, length + 1), np.int32))
+    loaded.saved_model = real
+    np.testing.assert_allclose(loaded(good)["logits"], expected)

@@ -91,20 +91,97 @@ def test_matches_full_attention_in_training_with_dropout(t, s, causal):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("t, s", [(13, 13), (9, 14), (14, 9)], ids=["self", "longer", "shorter"])
 def test_default_chunks_one_tile_path_matches_full(t, s, causal, dropout):
-    # Default chunk sizes at these lengths: one tile, in the layer's heads-last layout.
-    assert kernels.default_chunk_sizes(t, s) == (t, s)
+    # Default chunk sizes at these lengths (2 examples x 2 heads): one tile, in the layer's
+    # heads-last layout.
+    assert kernels.default_chunk_sizes(2, HEADS, t, s) == (t, s)
     _assert_layers_agree(t, s, causal, dropout, training=bool(dropout), chunks=(None, None))
 
 
-def test_default_chunk_sizes_bound_the_tile():
-    limit = kernels.ONE_TILE_MAX_ENTRIES
-    assert kernels.default_chunk_sizes(4097, 4097) == (4097, 4097)  # LRA's 4K text + CLS
-    assert 8192 * 4096 <= limit < 8192 * 4097
-    chunk = kernels.DEFAULT_CHUNK_SIZE
-    assert kernels.default_chunk_sizes(8192, 4097) == (chunk, 456)  # 9 equal chunks of 4097
-    assert kernels.default_chunk_sizes(8193, 8193) == (482, 482)  # 8K + CLS: 17 chunks
-    assert kernels.default_chunk_sizes(None, 100) == (chunk, 100)  # unknown length: tiles
-    assert kernels.default_chunk_sizes(8, 8, 3, None) == (3, 8)  # a given size is kept
+# ------------------------------------------------------------------- the default tiling's memory
+
+BUDGET = kernels.TILE_BUDGET_ENTRIES
+FLOOR = kernels.MIN_CHUNK_SIZE
+
+
+@pytest.mark.parametrize("batch", [1, 2, 32, None, 4096], ids=lambda b: f"batch{b}")
+@pytest.mark.parametrize("heads", [1, 4, 8], ids=lambda h: f"heads{h}")
+@pytest.mark.parametrize(
+    "t, s",
+    [
+        (1, 1),
+        (13, 9),
+        (256, 256),
+        (512, 512),
+        (1024, 1024),
+        (4097, 4097),
+        (8193, 8193),
+        (65536, 65536),
+        (1, 100_000),
+        (100_000, 3),
+        (700, 90_000),
+        (None, 4097),
+        (4097, None),
+        (None, None),
+    ],
+)
+def test_default_tiles_bound_the_whole_calls_working_set(batch, heads, t, s):
+    cq, ck = kernels.default_chunk_sizes(batch, heads, t, s)
+    # An unknown batch is assumed to be LRA's 32, so it never lifts the bound.
+    pairs = (32 if batch is None else batch) * heads
+    tile_q = cq if t is None else min(cq, t)
+    tile_k = ck if s is None else min(ck, s)
+    # One tile of ALL (batch, head) pairs fits the budget; only when the pairs alone exceed it
+    # (over BUDGET / FLOOR**2 of them) do the tiles stop shrinking, at FLOOR x FLOOR per pair.
+    assert pairs * tile_q * tile_k <= max(BUDGET, pairs * FLOOR * FLOOR)
+    one_tile = t is not None and s is not None and cq >= t and ck >= s
+    if t is not None and s is not None and pairs * t * s <= BUDGET:
+        assert (cq, ck) == (t, s)  # the whole score tensor fits: the dense fast path
+    elif one_tile:
+        assert t * s <= FLOOR * FLOOR
+    # Tiles are no smaller than needed: not below the floor (or the length), and the lengths
+    # split into equal chunks, so padding adds less than one row per chunk.
+    for length, chunk in ((t, cq), (s, ck)):
+        assert chunk >= min(FLOOR, length or FLOOR)
+        if length is not None:
+            chunks = -(-length // chunk)
+            assert chunks * chunk - length < chunks
+
+
+def test_default_tiles_at_lra_shapes():
+    # One example, 4 heads: 512 x 512 tiles (4 MiB of float32 scores for the call) from the
+    # point where [1, 4, T, S] no longer fits the budget.
+    assert kernels.default_chunk_sizes(1, 4, 512, 512) == (512, 512)
+    assert kernels.default_chunk_sizes(1, 4, 1024, 1024) == (512, 512)
+    assert kernels.default_chunk_sizes(1, 4, 4096, 4096) == (512, 512)
+    assert kernels.default_chunk_sizes(1, 4, 8193, 8193) == (482, 482)  # 17 equal chunks
+    # The LRA text model: batch 32 x 4 heads at 4000 tokens + CLS: tiles of 128 pairs x 89^2.
+    cq, ck = kernels.default_chunk_sizes(32, 4, 4001, 4001)
+    assert (cq, ck) == (89, 89) and 32 * 4 * cq * ck <= BUDGET
+    # A chunk size the user gives is kept; the other one fills the budget.
+    assert kernels.default_chunk_sizes(8, 8, 8, 8, 3, None) == (3, 8)
+    assert kernels.default_chunk_sizes(1, 4, 4096, 4096, 1024, 1024) == (1024, 1024)
+    assert kernels.default_chunk_sizes(1, 4, 4096, 4096, 128, None) == (128, 2048)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="XLA's compiled memory analysis (JAX backend)")
+def test_jax_compiled_memory_grows_linearly_with_the_length():
+    # The default tiling's forward+backward, compiled (not run) at L and 2L: XLA's temporary
+    # memory must grow about linearly. A dense score tensor per call grows 4x per doubling.
+    import jax
+
+    def temp_bytes(length):
+        shape = jax.ShapeDtypeStruct((1, 4, length, 64), "float32")
+        mask = jax.ShapeDtypeStruct((1, length), "bool")
+
+        def loss(q, k, v, key_mask):
+            return ops.sum(kernels.chunked_attention(q, k, v, key_mask) ** 2)
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+        return grad.lower(shape, shape, shape, mask).compile().memory_analysis().temp_size_in_bytes
+
+    short, long = temp_bytes(1024), temp_bytes(2048)
+    assert long <= 2.5 * short, (short, long)
+    assert long < 4 * 2048 * 2048 * 4  # below ONE [1, 4, 2L, 2L] float32 score tensor
 
 
 def test_matches_dense_numpy_reference_through_the_layer():

@@ -11,6 +11,11 @@ query: nothing crosses positions) by a clear margin within a fixed step budget:
 - `causal` (variants with `supports_causal`, called with `use_causal_mask=True`): the label at
   every position t >= SHIFT is the value at t - SHIFT (a per-position readout).
 
+Every variant with `supports_rotary` also runs both tasks with `rotary=True` and no position
+table, so that rotary positions are the only way to tell positions apart (as the zoo's
+`positions="rotary"` does): a rotary form that breaks the attention (Performer with rotated
+features in the numerator only, which never left ListOps' majority class) fails here.
+
 `CASES` holds each variant's own arguments and, where the variant cannot reach every position
 from position 0 in one layer (or learns slowly), a lower documented threshold; a registered
 name with no entry fails `test_every_variant_has_a_case`. `test_no_mixing_fails_the_bar`
@@ -44,9 +49,10 @@ MIN_MARGIN = 0.2
 # Each entry: `kwargs` (the variant's own arguments for a length-16 layer), and only where
 # needed, with the reason beside it: `pointer` / `causal` (a lower minimum accuracy than
 # DEFAULT_MIN_ACCURACY), `margin` (default MIN_MARGIN), `steps` (default STEPS), `jit_compile`
-# (default False: at these sizes XLA's compile costs more than it saves). Adding a variant is
-# one line here. Numbers in comments are accuracies measured at these seeds (no mixing: 0.10
-# pointer, 0.12 causal).
+# (default False: at these sizes XLA's compile costs more than it saves), `rotary` (a dict of
+# the above for the `rotary=True` runs, where they differ). Adding a variant is one line here.
+# Numbers in comments are accuracies measured at these seeds (no mixing: 0.10 pointer, 0.12
+# causal).
 CASES: dict[str, dict] = {
     "full": {"kwargs": {}},
     "chunked": {"kwargs": {"query_chunk_size": 4, "key_chunk_size": 4}},
@@ -71,12 +77,18 @@ CASES: dict[str, dict] = {
     # One axial layer: position 0 reads its own row directly, but another row reaches it only
     # through that row's first position, whose row query does not know the pointer (it sits
     # at position 0): a row summary, not a lookup (0.51 untied, 0.66 when the stages were
-    # tied). Two layers would route any position to any other.
-    "axial": {"kwargs": {"axis_shape": (4, 4)}, "pointer": 0.45},
+    # tied). Two layers would route any position to any other. (0.39 with rotary positions;
+    # measured with rotary too: bigbird and chunked 1.00. The other rotary runs, marked slow,
+    # keep their plain bars until measured.)
+    "axial": {"kwargs": {"axis_shape": (4, 4)}, "pointer": 0.45, "rotary": {"pointer": 0.3}},
     # The elu + 1 feature map cannot make a sharp pointer over 16 keys (0.83; causal 1.00).
-    "linear": {"kwargs": {}, "pointer": 0.7},
+    # With rotary positions only, elu + 1 of the rotated q and k sees position through its
+    # nonlinearity alone (0.47, causal 0.56; RoFormer's numerator-only form 0.45 and 0.54).
+    "linear": {"kwargs": {}, "pointer": 0.7, "rotary": {"pointer": 0.35, "causal": 0.45}},
     # Keys and values compressed along the length to 8 < 16 mixtures (0.68 to 0.69).
     "linformer": {"kwargs": {"max_length": LENGTH, "projection_dim": 8}, "pointer": 0.55},
+    # With rotary positions only: 0.91, causal 1.00 (q and k rotated before the feature map);
+    # RoFormer's numerator-only form, which never left ListOps' majority class: 0.41 and 0.74.
     "performer": {"kwargs": {"num_random_features": 32}},
     # The pointer's query and its target's key can hash to different buckets (0.91 to 0.98,
     # causal 0.98 to 0.99, with and without XLA).
@@ -123,13 +135,32 @@ CASES: dict[str, dict] = {
         "pointer": 0.22,
         "margin": 0.12,
     },
+    # Single-head gated attention over the EMA's output: a content lookup, learnt slowly from
+    # Mega's near-zero query/key scales at init, N(0, 0.02) (0.27 at 300 steps, 1.00 at 600
+    # and 900; causal 1.00 at 300).
+    "mega": {"kwargs": {"ema_dim": 4, "z_dim": 16}, "steps": 600},
 }
 
 
-def case(name: str) -> dict:
+# The runs: every registered variant with its positions table, then every variant that takes
+# rotary positions with `rotary=True` instead. Kernelised attention (linear, performer) is where
+# rotary needs more than rotating a softmax's logits, so its rotary runs are in the fast set; the
+# others are marked slow to keep CI's two-core pass short.
+PLAIN = [(name, False) for name in sorted(ATTENTIONS)]
+ROTARY = [
+    (name, True)
+    for name in sorted(ATTENTIONS)
+    if getattr(ATTENTIONS[name], "supports_rotary", False)
+]
+ROTARY_FAST = ("linear", "performer")
+
+
+def case(name: str, rotary: bool = False) -> dict:
     entry = {"pointer": DEFAULT_MIN_ACCURACY, "causal": DEFAULT_MIN_ACCURACY}
     entry.update(margin=MIN_MARGIN, jit_compile=False, steps=STEPS)
     entry.update(CASES[name])
+    if rotary:
+        entry.update(entry.get("rotary", {}))
     return entry
 
 
@@ -166,11 +197,15 @@ def causal_data(num, seed):
 TASKS = {"pointer": pointer_data, "causal": causal_data}
 
 
-def build_model(mixer, task):
-    """Embedding + positions, one pre-LayerNorm block (mixer, MLP), readout; no dropout."""
+def build_model(mixer, task, positions=True):
+    """Embedding + positions, one pre-LayerNorm block (mixer, MLP), readout; no dropout.
+
+    `positions=False` leaves out the position table (for mixers with rotary positions).
+    """
     tokens = keras.Input((LENGTH,), dtype="int32")
     x = keras.layers.Embedding(NUM_VALUES + LENGTH, DIM)(tokens)
-    x = PositionEmbedding(max_length=LENGTH)(x)
+    if positions:
+        x = PositionEmbedding(max_length=LENGTH)(x)
     h = keras.layers.LayerNormalization()(x)
     x = x + mixer(h, h, use_causal_mask=task == "causal")
     h = keras.layers.LayerNormalization()(x)
@@ -181,10 +216,10 @@ def build_model(mixer, task):
     return keras.Model(tokens, keras.layers.Dense(NUM_VALUES)(x))
 
 
-def train_and_score(mixer, task, steps=STEPS, jit_compile=False) -> float:
+def train_and_score(mixer, task, steps=STEPS, jit_compile=False, positions=True) -> float:
     """Trains on fresh examples every step (no repeats); accuracy on held-out examples."""
     keras.utils.set_random_seed(0)
-    model = build_model(mixer, task)
+    model = build_model(mixer, task, positions)
     model.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATE),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -198,8 +233,10 @@ def train_and_score(mixer, task, steps=STEPS, jit_compile=False) -> float:
     return float(correct.mean() if w is None else (correct * w).sum() / w.sum())
 
 
-def variant_layer(name):
-    kwargs = case(name)["kwargs"]
+def variant_layer(name, rotary=False):
+    kwargs = dict(case(name, rotary)["kwargs"])
+    if rotary:
+        kwargs["rotary"] = True
     return get_attention(name, num_heads=HEADS, key_dim=DIM // HEADS, dropout=0.0, **kwargs)
 
 
@@ -213,12 +250,14 @@ def test_every_variant_has_a_case():
     assert not missing, f"add a learnability case to CASES for: {missing}"
 
 
-def assert_learned(name: str, task: str, accuracy: float) -> None:
+def assert_learned(name: str, task: str, accuracy: float, rotary: bool = False) -> None:
     """The bar a variant's trained accuracy must clear on `task`."""
     baseline = no_mixing_accuracy(task)
-    assert accuracy >= case(name)[task], f"{name} reached {accuracy:.3f} on {task}"
-    assert accuracy >= baseline + case(name)["margin"], (
-        f"{name} {accuracy:.3f} vs no mixing {baseline:.3f}"
+    entry = case(name, rotary)
+    label = name + (" (rotary)" if rotary else "")
+    assert accuracy >= entry[task], f"{label} reached {accuracy:.3f} on {task}"
+    assert accuracy >= baseline + entry["margin"], (
+        f"{label} {accuracy:.3f} vs no mixing {baseline:.3f}"
     )
 
 
@@ -228,28 +267,52 @@ def test_no_mixing_fails_the_bar(task):
     between positions: the no-mixing model is exactly that replacement (a Dense of the query,
     which can also learn the identity)."""
     accuracy = no_mixing_accuracy(task)
-    for name in CASES:
+    for name, rotary in PLAIN + ROTARY:
         with pytest.raises(AssertionError):
-            assert_learned(name, task, accuracy)
+            assert_learned(name, task, accuracy, rotary)
     # And by a margin: a slightly luckier no-mixing run would fail too.
-    assert accuracy < min(case(name)[task] for name in CASES) - MIN_MARGIN / 2
+    lowest = min(case(name, rotary)[task] for name, rotary in PLAIN + ROTARY)
+    assert accuracy < lowest - MIN_MARGIN / 2
 
 
-def check_learns(name, task):
-    entry = case(name)
+def check_learns(name, task, rotary=False):
+    entry = case(name, rotary)
     accuracy = train_and_score(
-        variant_layer(name), task, steps=entry["steps"], jit_compile=entry["jit_compile"]
+        variant_layer(name, rotary),
+        task,
+        steps=entry["steps"],
+        jit_compile=entry["jit_compile"],
+        positions=not rotary,  # rotary positions are the only positions
     )
     baseline = no_mixing_accuracy(task)
-    print(f"learnability {task} {name}: {accuracy:.3f} (no mixing {baseline:.3f})")
-    assert_learned(name, task, accuracy)
+    label = name + (" rotary" if rotary else "")
+    print(f"learnability {task} {label}: {accuracy:.3f} (no mixing {baseline:.3f})")
+    assert_learned(name, task, accuracy, rotary)
 
 
-@pytest.mark.parametrize("name", sorted(ATTENTIONS))
-def test_variant_learns_the_pointer_task(name):
-    check_learns(name, "pointer")
+def runs(task: str) -> list:
+    """The `(name, rotary)` runs of `task` as pytest parameters; slow ones marked."""
+    params = []
+    for name, rotary in PLAIN + ROTARY:
+        if task == "causal" and not ATTENTIONS[name].supports_causal:
+            continue
+        slow = rotary and name not in ROTARY_FAST
+        params.append(
+            pytest.param(
+                name,
+                rotary,
+                id=name + ("-rotary" if rotary else ""),
+                marks=[pytest.mark.slow] if slow else [],
+            )
+        )
+    return params
 
 
-@pytest.mark.parametrize("name", sorted(n for n, cls in ATTENTIONS.items() if cls.supports_causal))
-def test_causal_variant_learns_to_look_back(name):
-    check_learns(name, "causal")
+@pytest.mark.parametrize(("name", "rotary"), runs("pointer"))
+def test_variant_learns_the_pointer_task(name, rotary):
+    check_learns(name, "pointer", rotary)
+
+
+@pytest.mark.parametrize(("name", "rotary"), runs("causal"))
+def test_causal_variant_learns_to_look_back(name, rotary):
+    check_learns(name, "causal", rotary)

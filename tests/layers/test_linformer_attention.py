@@ -98,6 +98,6 @@ def test_weights_and_errors():
     with pytest.raises(ValueError, match="longer than `max_length`=8"):
         built(x, x)
     with pytest.raises(ValueError, match="max_length"):
-        LinformerAttention(num_heads=H, key_dim=D, max_length=None)
+        LinformerAttention(num_heads=H, key_dim=D, max_length=0)
     with pytest.raises(ValueError, match="projection_dim"):
         LinformerAttention(num_heads=H, key_dim=D, max_length=8, projection_dim=0)

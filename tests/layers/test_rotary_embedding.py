@@ -215,56 +215,99 @@ def test_rotary_under_mixed_bfloat16_is_close_to_float32():
     assert np.abs(y - ref).max() / np.abs(ref).max() < 3e-2
 
 
+# Kernelised attention takes rotary positions before its feature map (performer-pytorch and
+# xformers do so), so the features stay positive and the normaliser is a sum of positive terms.
+KERNELISED = [
+    ("linear", {"chunk_size": 3}),
+    ("performer", {"kernel": "softmax", "num_random_features": 16, "chunk_size": 3}),
+    ("performer", {"kernel": "relu", "num_random_features": 16, "chunk_size": 3}),
+]
+KERNELISED_IDS = ["linear", "performer-softmax", "performer-relu"]
+
+
+def kernel_features(name, kwargs, x, projection):
+    """The variant's feature map from its paper, float64, on `[B, L, H, d]`.
+
+    linear: elu(x) + 1 (Katharopoulos et al.). performer softmax: FAVOR+
+    `m^-1/2 exp(W x' - |x'|^2 / 2)` with `x' = x d^-1/4`, plus the reference implementation's
+    1e-6 times each row's largest term; relu: `relu(m^-1/2 W x) + 1e-3` (Choromanski et al.).
+    """
+    x = np.asarray(x, np.float64)
+    if name == "linear":
+        return np.where(x > 0, x + 1.0, np.exp(x))
+    w = np.asarray(projection, np.float64)
+    m, d = w.shape
+    if kwargs["kernel"] == "relu":
+        return np.maximum(np.einsum("blhd,md->blhm", x, w) / np.sqrt(m), 0.0) + 1e-3
+    x = x * d**-0.25
+    a = np.einsum("blhd,md->blhm", x, w) - 0.5 * (x * x).sum(-1, keepdims=True)
+    return (np.exp(a) + 1e-6 * np.exp(a.max(-1, keepdims=True))) / np.sqrt(m)
+
+
+def kernel_attention_reference(name, kwargs, q, k, v, allowed, projection):
+    """Rotate q and k (RoFormer), then the feature map, then the row-normalised form."""
+    phi_q = kernel_features(name, kwargs, rotation_reference(q), projection)
+    phi_k = kernel_features(name, kwargs, rotation_reference(k), projection)
+    scores = np.einsum("bthm,bshm->bhts", phi_q, phi_k) * allowed
+    den = scores.sum(-1)[..., None]
+    eps = 1e-6 if name == "linear" else 0.0  # linear's paper adds it; performer divides exactly
+    out = np.einsum("bhts,bshd->bhtd", scores, v) / np.where(den > 0, den + eps, 1.0)
+    return np.transpose(out, (0, 2, 1, 3))
+
+
 @pytest.mark.parametrize("causal", [False, True])
-def test_linear_attention_rotates_features_in_the_numerator_only(causal):
-    # RoFormer eq. 19: sum_n (R_m phi(q_m)) . (R_n phi(k_n)) v_n / sum_n phi(q_m) . phi(k_n).
-    length = 10
-    layer = get_attention("linear", num_heads=HEADS, key_dim=KEY_DIM, rotary=True, chunk_size=3)
-    rng = np.random.default_rng(6)
-    q, k, v = (rng.normal(size=(2, length, HEADS, KEY_DIM)).astype("float32") for _ in range(3))
+@pytest.mark.parametrize(("name", "kwargs"), KERNELISED, ids=KERNELISED_IDS)
+def test_kernelised_rotary_equals_rotating_before_the_feature_map(name, kwargs, causal):
+    length = 11
+    layer = get_attention(name, num_heads=HEADS, key_dim=KEY_DIM, rotary=True, seed=4, **kwargs)
+    x = np.random.default_rng(6).normal(size=(2, length, DIM)).astype("float32")
     mask = lengths_mask([length, 6], length)
-    layer.build((2, length, DIM), (2, length, DIM))
-    out = layer._attend(
-        *(keras.ops.convert_to_tensor(x) for x in (q, k, v)),
-        query=None,
-        query_mask=keras.ops.convert_to_tensor(mask),
-        key_mask=keras.ops.convert_to_tensor(mask),
-        causal=causal,
-        training=False,
-    )
+    y = _call(layer, x, mask, use_causal_mask=causal)
 
-    def phi(x):
-        return np.where(x > 0, x + 1.0, np.exp(x))  # elu(x) + 1
+    def project(dense, inputs):
+        kernel, bias = (keras.ops.convert_to_numpy(w) for w in dense.weights)
+        return np.einsum("btc,chd->bthd", inputs, kernel) + bias
 
-    phi_q, phi_k = phi(q.astype(np.float64)), phi(k.astype(np.float64)) * mask[..., None, None]
-    rq, rk = rotation_reference(phi_q), rotation_reference(phi_k)
-    allowed = padding_allowed(mask, mask, causal=causal)[:, 0]  # [B, T, S]
-    num = np.einsum("bthm,bshm,bts,bshd->bthd", rq, rk, allowed, v)
-    den = np.einsum("bthm,bshm,bts->bth", phi_q, phi_k, allowed)[..., None]
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(out), num / (den + 1e-6), atol=1e-4)
+    xz = np.where(mask[..., None], x, 0.0)
+    q, k, v = (project(d, xz) for d in (layer._query_dense, layer._key_dense, layer._value_dense))
+    projection = keras.ops.convert_to_numpy(layer.projection) if name == "performer" else None
+    allowed = padding_allowed(mask, mask, causal=causal)
+    o = kernel_attention_reference(name, kwargs, q, k, v, allowed, projection)
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in layer._output_dense.weights)
+    ref = np.where(mask[..., None], np.einsum("bthd,hdo->bto", o, kernel) + bias, 0.0)
+    np.testing.assert_allclose(y, ref, atol=2e-5)
 
 
-def test_performer_rotary_fast_path_equals_the_generic_one():
-    from lra_keras.layers.attention.linear_attention_utils import linear_attention
-
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("name", "kwargs"), KERNELISED, ids=KERNELISED_IDS)
+def test_kernelised_rotary_weights_are_non_negative_and_sum_to_one(name, kwargs, causal):
+    # The attention matrix itself, read through the layer: one-hot position inputs, an identity
+    # value and output projection, so output row i is query i's weights over the keys. Positive
+    # features give non-negative weights; a valid normaliser makes each real row sum to one.
+    length = 9
     layer = get_attention(
-        "performer", num_heads=HEADS, key_dim=KEY_DIM, rotary=True, num_random_features=16
+        name, num_heads=1, key_dim=KEY_DIM, value_dim=length, rotary=True, seed=5, **kwargs
     )
-    layer.build((2, 9, DIM), (2, 9, DIM))
-    rng = np.random.default_rng(7)
-    q, k, v = (
-        keras.ops.convert_to_tensor(rng.normal(size=(2, 9, HEADS, KEY_DIM)), "float32")
-        for _ in range(3)
-    )
-    mask = keras.ops.convert_to_tensor(lengths_mask([9, 5], 9))
-    phi_q, phi_k, scale = layer.feature_maps(q, k, mask)
-    rotated = (layer._rotary_embedding(phi_q), layer._rotary_embedding(phi_k))
-    generic = linear_attention(
-        phi_q, phi_k, v, causal=False, key_log_scale=scale, eps=0.0, rotated=rotated
-    )
-    fast = layer._bidirectional(q, k, v, mask, layer.projection)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(fast), keras.ops.convert_to_numpy(generic), atol=1e-5
-    )
-    with pytest.raises(ValueError, match="num_random_features` must be even"):
-        get_attention("performer", num_heads=2, key_dim=4, rotary=True, num_random_features=15)
+    x = np.tile(np.eye(length, dtype="float32")[None], (2, 1, 1))
+    mask = lengths_mask([length, 5], length)
+    _call(layer, x, mask)
+    layer._value_dense.kernel.assign(np.eye(length, dtype="float32")[:, None, :])
+    layer._output_dense.kernel.assign(np.eye(length, dtype="float32")[None])
+    weights = _call(layer, x, mask, use_causal_mask=causal)  # [B, query, key]
+    allowed = padding_allowed(mask, mask, causal=causal)[:, 0]
+    assert np.all(weights >= -1e-6), weights.min()
+    np.testing.assert_array_equal(weights[~allowed], 0.0)
+    np.testing.assert_allclose(weights.sum(-1)[mask], 1.0, atol=1e-5)
+    # Rotary positions are seen: the same query and key content at other positions gets other
+    # weights (every input row differs here, so compare against the plain layer instead).
+    plain = get_attention(name, num_heads=1, key_dim=KEY_DIM, value_dim=length, seed=5, **kwargs)
+    _call(plain, x, mask)
+    plain.load_mha_weights(layer)
+    assert np.abs(_call(plain, x, mask, use_causal_mask=causal) - weights)[mask].max() > 1e-3
+
+
+def test_kernelised_rotary_takes_any_number_of_features():
+    # Rotation acts on q and k (key_dim), not on the random features.
+    layer = get_attention("performer", num_heads=2, key_dim=4, rotary=True, num_random_features=15)
+    x = np.random.default_rng(7).normal(size=(1, 6, DIM)).astype("float32")
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(layer(x, x))))

@@ -221,6 +221,33 @@ def test_update_ignores_padded_content():
     np.testing.assert_allclose(results[1], results[0], atol=1e-6)
 
 
+def test_non_finite_batch_leaves_the_centroids_and_propagates():
+    """One NaN (or inf) token in a training batch must not poison the centroids for good."""
+    length = 13
+    x = np.random.default_rng(1).normal(size=(2, length, DIM)).astype("float32")
+    mask = padding_mask(length)
+    layer = RoutingAttention(num_heads=2, key_dim=4, num_clusters=3, ema_decay=0.5, seed=4)
+    layer.build((2, length, DIM), (2, length, DIM))
+    start = layer.get_weights()
+    clean = keras.ops.convert_to_numpy(layer(x, x, query_mask=mask, value_mask=mask))
+    for value in (np.nan, np.inf):
+        layer.set_weights(start)
+        bad = x.copy()
+        bad[0, 4, 1] = value
+        y = keras.ops.convert_to_numpy(
+            layer(bad, bad, query_mask=mask, value_mask=mask, training=True)
+        )
+        assert not np.isfinite(y[0, 4]).all()
+        for got, want in zip(layer.get_weights(), start, strict=True):
+            np.testing.assert_array_equal(got, want)
+        # A later clean batch is served by the untouched centroids: the clean output.
+        after = keras.ops.convert_to_numpy(layer(x, x, query_mask=mask, value_mask=mask))
+        np.testing.assert_array_equal(after, clean)
+    # A clean training batch still moves them.
+    layer(x, x, query_mask=mask, value_mask=mask, training=True)
+    assert np.abs(keras.ops.convert_to_numpy(layer.centroids) - start[0]).max() > 1e-3
+
+
 def test_unknown_length_equals_static_length():
     import tensorflow as tf
 
@@ -323,6 +350,15 @@ DISTRIBUTED = textwrap.dedent(
     assert np.abs(expected - start[0]).max() > 1e-3
     for g in got:
         np.testing.assert_allclose(g, expected, atol=1e-6)
+    # A NaN token on one replica only: no replica updates its centroids from that batch.
+    layer.set_weights(start)
+    poisoned = x.copy()
+    poisoned[3, 1, 0] = np.nan
+    dataset = tf.data.Dataset.from_tensor_slices((poisoned, mask)).batch(4)
+    batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
+    strategy.run(step, args=(batch, True))
+    for g in strategy.experimental_local_results(layer.centroids.value):
+        np.testing.assert_array_equal(g.numpy(), start[0])
     print("OK")
     """
 )

@@ -133,4 +133,4 @@ def test_errors():
     with pytest.raises(ValueError, match="mode"):
         SynthesizerAttention(num_heads=H, key_dim=D, max_length=8, mode="conv")
     with pytest.raises(ValueError, match="max_length"):
-        SynthesizerAttention(num_heads=H, key_dim=D, max_length=None)
+        SynthesizerAttention(num_heads=H, key_dim=D, max_length=0)

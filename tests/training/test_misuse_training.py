@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -286,3 +287,45 @@ def test_help_lists_the_commands_own_flags_and_subcommands(command, module, expe
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     for text in expected:
         assert text in done.stdout, done.stdout
+
+
+# ---------------------------------------------------------------------- bad data found late
+
+
+def test_a_bad_line_found_while_training_is_one_line_naming_file_and_line(tmp_path):
+    # tf.data finds a malformed line when it reaches it, inside a TensorFlow error: lra-train
+    # prints the reader's one line and exits 2, not a traceback.
+    from lra_keras.data import write_listops
+
+    data = tmp_path / "data"
+    write_listops(str(data), num_train=32, num_val=8, num_test=8, min_length=5, max_length=40)
+    train = data / "basic_train.tsv"
+    header, *lines = train.read_text().splitlines()
+    # Labels that are not digits; every line is bad, so whichever the shuffle draws first
+    # (a line is checked when it is decoded) stops the run.
+    lines = [line.split("\t")[0] + "\tx" for line in lines]
+    train.write_text("\n".join([header, *lines]) + "\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lra_keras.training.cli",
+            "--task=listops",
+            "--preset=tiny",
+            f"--data_dir={data}",
+            f"--model_dir={tmp_path / 'run'}",
+            "--num_train_steps=2",
+            "--batch_size=8",
+            "--noexport",
+            "--verbose=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.search(rf"{re.escape(str(train))}, line \d+: expected", last), last

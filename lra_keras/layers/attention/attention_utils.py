@@ -170,6 +170,25 @@ def check_max_length(length, max_length: int, variant: str, holds: str) -> None:
         )
 
 
+def check_attention_mask(variant: str, mask, query_shape, key_shape) -> None:
+    """Refuses a dense `attention_mask` whose shape is not `[batch, T, S]` (full, synthesizer).
+
+    Static sizes are compared where both are known; a batch of 1 broadcasts, as it does for
+    MultiHeadAttention.
+    """
+    shape = tuple(mask.shape)
+    expected = (query_shape[0], query_shape[1], key_shape[1])
+    fits = len(shape) == 3 and all(
+        got is None or want is None or got == want or (axis == 0 and got == 1)
+        for axis, (got, want) in enumerate(zip(shape, expected, strict=True))
+    )
+    if not fits:
+        raise ValueError(
+            f"{variant}: `attention_mask` must have shape [batch, T, S] = {expected} (True = "
+            f"query t may attend to key s), got shape {shape}."
+        )
+
+
 def check_grid_length(length, grid, arg: str, variant: str) -> None:
     """Refuses a known length that is not `grid[0] * grid[1]` (axial, image_local)."""
     if length is None or grid is None:

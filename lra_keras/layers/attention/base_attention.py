@@ -105,8 +105,6 @@ class BaseAttention(keras.layers.Layer):
     supports_attention_mask = False
     # Whether rotary positions can be applied to this variant's queries and keys.
     supports_rotary = True
-    # Kernelised variants rotate their feature maps inside `_attend` instead (RoFormer).
-    rotary_on_features = False
     # False for variants with no probability tensor (linear, performer): they refuse
     # `dropout > 0` rather than ignore it, and the zoo passes them attention dropout 0.
     has_attention_probabilities = True
@@ -274,9 +272,9 @@ class BaseAttention(keras.layers.Layer):
         argument = self.static_length_argument or "its structure"
         raise ValueError(
             f"{type(self).__name__} ('{self.attention_name}') needs a static sequence length "
-            f"(fixed at build by {argument}); got query shape {tuple(query_shape)} and value "
-            f"shape {tuple(value_shape)}. Give the input a fixed length, e.g. "
-            "keras.Input((length, dim))."
+            f"(`needs_static_length`: fixed at build by {argument}); got query shape "
+            f"{tuple(query_shape)} and value shape {tuple(value_shape)}. Give the input a "
+            "fixed length, e.g. keras.Input((length, dim))."
         )
 
     # ------------------------------------------------------------------ call
@@ -301,6 +299,11 @@ class BaseAttention(keras.layers.Layer):
             self, (query, value, key), (query_mask, value_mask, key_mask)
         )
         check_call_capabilities(self, use_causal_mask, attention_mask, return_attention_scores)
+        if attention_mask is not None:
+            attention_mask = ops.convert_to_tensor(attention_mask)
+            attention_utils.check_attention_mask(
+                type(self).__name__, attention_mask, query.shape, key.shape
+            )
         # Keras fills `query_mask`/`value_mask`/`key_mask` from the inputs' implicit masks
         # (`Embedding(mask_zero=True)`) in `__call__`, as for MultiHeadAttention. The masks are
         # consumed here, so the projections get unmasked copies (they do not support masking).
@@ -358,10 +361,10 @@ class BaseAttention(keras.layers.Layer):
     def _rotate_queries_and_keys(self, q, k):
         """Rotary positions on projected queries and keys (positions 0.., aligned at 0).
 
-        Variants whose attention is not a dot product of q and k (the kernelised ones) override
-        this and rotate inside `_attend`.
+        Kernelised variants (linear, performer) take them here too: rotated before the feature
+        map, their features stay positive and their normaliser valid.
         """
-        if self._rotary_embedding is None or self.rotary_on_features:
+        if self._rotary_embedding is None:
             return q, k
         return self._rotary_embedding(q), self._rotary_embedding(k)
 

@@ -21,7 +21,13 @@ class ChunkedAttention(BaseAttention):
     The result is full softmax attention (to float32 round-off), but no `T x S` matrix is ever
     formed: an online softmax streams over key chunks of each query chunk, keeping a running
     row maximum, normaliser and output accumulator in float32, so the working set is one
-    `query_chunk_size x key_chunk_size` tile per head. On the TensorFlow backend the backward
+    `query_chunk_size x key_chunk_size` tile for every (batch, head) at once, and memory grows
+    linearly with the length. By default the tiles are chosen so that the tile of the WHOLE
+    call, `batch x heads x query_chunk_size x key_chunk_size` scores, holds at most 2**20
+    float32 entries (4 MiB; `kernels.chunked_attention.TILE_BUDGET_ENTRIES`): 512 x 512 for one
+    example of 4 heads, 89 x 89 for the LRA text model's batch of 32 x 4 heads at 4K. Only a
+    call whose entire `[batch, heads, T, S]` score tensor fits that budget runs as one dense
+    tile. Set the chunk sizes to trade memory for speed. On the TensorFlow backend the backward
     pass is FlashAttention-style (`tf.custom_gradient`): the forward keeps only the output and
     the row log-sum-exp, and the backward recomputes each tile's probabilities, in sequential
     `tf.while_loop`s (`lra_keras.layers.kernels.chunked_attention_tf`). On JAX the same
@@ -42,12 +48,13 @@ class ChunkedAttention(BaseAttention):
         key_dim: int. Size of each head for query and key; logits are scaled by
             `1/sqrt(key_dim)`.
         query_chunk_size: int or None. Queries per chunk. None (default): chosen from the
-            length, as `key_chunk_size`.
-        key_chunk_size: int or None. Keys per chunk. None (default): one tile when the
-            static lengths give at most 8192 x 4096 scores per head (as fast as `full`; the
-            tiled backward recomputes the scores), else 512 (a score tile that stays in cache),
-            so the working set is bounded at any length (`chunked_attention.default_chunk_sizes`,
-            measured by `benchmarks.chunked_tiles`).
+            batch size, heads and lengths, as `key_chunk_size`.
+        key_chunk_size: int or None. Keys per chunk. None (default): one tile only when the
+            whole call's scores (`batch * heads * T * S`) fit the 2**20-entry budget, else
+            near-square tiles of at most 512 whose scores for all (batch, head) pairs fit it,
+            the lengths split into equal chunks (`chunked_attention.default_chunk_sizes`; an
+            unknown batch size counts as 32). Larger chunks are faster on some machines and
+            take proportionally more memory (measured by `benchmarks.chunked_memory`).
         **kwargs: the remaining `BaseAttention` (MultiHeadAttention) arguments.
 
     Call arguments:
@@ -102,8 +109,11 @@ class ChunkedAttention(BaseAttention):
         scale = 1.0 / math.sqrt(self.key_dim)
 
         def exact():
-            t, s = q.shape[1], k.shape[1]
-            cq, ck = kernel.default_chunk_sizes(t, s, self.query_chunk_size, self.key_chunk_size)
+            # Heads-last here: [B, T, H, d].
+            b, t, h, s = q.shape[0], q.shape[1], q.shape[2], k.shape[1]
+            cq, ck = kernel.default_chunk_sizes(
+                b, h, t, s, self.query_chunk_size, self.key_chunk_size
+            )
             if t is not None and s is not None and t <= cq and s <= ck:
                 # One tile: computed in the layer's heads-last layout, as `full` does.
                 out = kernel.one_tile_attention(

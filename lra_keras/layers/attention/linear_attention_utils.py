@@ -27,9 +27,10 @@ from lra_keras.layers.attention import attention_utils
 def _safe_divide(num, den, eps: float):
     if eps > 0.0:
         return num / (den + eps)
-    # Without eps, an empty row (no real key) has den = 0 and num = 0: its output is 0.
-    positive = den > 0.0
-    return ops.where(positive, num, 0.0) / ops.where(positive, den, 1.0)
+    # Without eps, an empty row (no real key) has den = 0 and num = 0: its output is 0. A NaN
+    # normaliser (a non-finite input) is not empty: it must propagate, not become a zero row.
+    nonempty = ops.logical_not(den <= 0.0)
+    return ops.where(nonempty, num, 0.0) / ops.where(nonempty, den, 1.0)
 
 
 def _exp_masked(exponent, allowed):
@@ -47,7 +48,6 @@ def linear_attention(
     key_log_scale=None,
     chunk_size: int = 64,
     eps: float = 1e-6,
-    rotated=None,
 ):
     """Kernelised attention `phi(Q) phi(K)^T V`, row-normalised, in float32.
 
@@ -61,9 +61,6 @@ def linear_attention(
             constant (no gradient flows through it).
         chunk_size: int. Chunk length of the causal prefix sums.
         eps: float. Added to the normaliser; 0 means an exact division with empty rows set to 0.
-        rotated: optional `(R phi_q, R phi_k)`, the features rotated by their positions: the
-            numerator uses them and the normaliser the plain features, as RoFormer applies
-            rotary positions to linear attention (Su et al., eq. 19).
 
     Returns:
         float32 `[B, T, H, dv]`.
@@ -73,26 +70,20 @@ def linear_attention(
     v = attention_utils.to_float32(v)
     if key_log_scale is not None:
         key_log_scale = ops.stop_gradient(attention_utils.to_float32(key_log_scale))
-    if rotated is not None:
-        rotated = tuple(attention_utils.to_float32(x) for x in rotated)
     if causal:
-        return _causal_linear_attention(
-            phi_q, phi_k, v, key_log_scale, int(chunk_size), eps, rotated
-        )
+        return _causal_linear_attention(phi_q, phi_k, v, key_log_scale, int(chunk_size), eps)
 
-    num_q, num_k = (phi_q, phi_k) if rotated is None else rotated
     if key_log_scale is not None:
         reference = ops.max(key_log_scale, axis=1, keepdims=True)
-        weight = ops.exp(key_log_scale - reference)[..., None]
-        phi_k, num_k = phi_k * weight, num_k * weight
-    kv = ops.einsum("bshm,bshd->bhmd", num_k, v)
+        phi_k = phi_k * ops.exp(key_log_scale - reference)[..., None]
+    kv = ops.einsum("bshm,bshd->bhmd", phi_k, v)
     z = ops.sum(phi_k, axis=1)
-    num = ops.einsum("bthm,bhmd->bthd", num_q, kv)
+    num = ops.einsum("bthm,bhmd->bthd", phi_q, kv)
     den = ops.einsum("bthm,bhm->bth", phi_q, z)[..., None]
     return _safe_divide(num, den, eps)
 
 
-def _causal_linear_attention(phi_q, phi_k, v, key_log_scale, chunk_size, eps, rotated=None):
+def _causal_linear_attention(phi_q, phi_k, v, key_log_scale, chunk_size, eps):
     t, s = attention_utils.dim(phi_q, 1), attention_utils.dim(phi_k, 1)
     if chunk_size <= 0:
         raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size}.")
@@ -122,8 +113,6 @@ def _causal_linear_attention(phi_q, phi_k, v, key_log_scale, chunk_size, eps, ro
 
     q = chunks(phi_q)  # [B, H, n, c, m]
     k = chunks(phi_k)  # [B, H, n, c, m]
-    # The numerator's features (rotated for rotary positions), the normaliser's plain ones.
-    rq, rk = (q, k) if rotated is None else (chunks(rotated[0]), chunks(rotated[1]))
     vc = chunks(v)  # [B, H, n, c, dv]
     ls = chunks(key_log_scale, attention_utils.NEG_INF)  # [B, H, n, c]
 
@@ -142,22 +131,20 @@ def _causal_linear_attention(phi_q, phi_k, v, key_log_scale, chunk_size, eps, ro
     # Within a chunk: the masked quadratic form.
     weights = _exp_masked(ls[..., None, :] - query_ref[..., None], within)
     scores = ops.einsum("bhnim,bhnjm->bhnij", q, k) * weights
-    num_scores = scores if rotated is None else ops.einsum("bhnim,bhnjm->bhnij", rq, rk) * weights
-    num = ops.einsum("bhnij,bhnjd->bhnid", num_scores, vc)
+    num = ops.einsum("bhnij,bhnjd->bhnid", scores, vc)
     den = ops.sum(scores, axis=-1)
 
     # Across chunks: each chunk's sums in its own reference M[n], then the exclusive prefix sum
     # rescaled to M_prev[n].
     key_weight = ops.exp(ls - ref[..., None])[..., None]
     k_scaled = k * key_weight
-    rk_scaled = k_scaled if rotated is None else rk * key_weight
-    kv = ops.einsum("bhnjm,bhnjd->bhnmd", rk_scaled, vc)
+    kv = ops.einsum("bhnjm,bhnjd->bhnmd", k_scaled, vc)
     z = ops.sum(k_scaled, axis=3)  # [B, H, n, m]
     carry = _exp_masked(ref[..., None, :] - ref_prev[..., None], before)  # [B, H, n, p]
     kv_prev = ops.einsum("bhnp,bhpmd->bhnmd", carry, kv)
     z_prev = ops.einsum("bhnp,bhpm->bhnm", carry, z)
     to_query = ops.exp(ref_prev[..., None] - query_ref)  # [B, H, n, c], <= 1
-    num = num + ops.einsum("bhnim,bhnmd->bhnid", rq, kv_prev) * to_query[..., None]
+    num = num + ops.einsum("bhnim,bhnmd->bhnid", q, kv_prev) * to_query[..., None]
     den = den + ops.einsum("bhnim,bhnm->bhni", q, z_prev) * to_query
 
     out = _safe_divide(num, den[..., None], eps)  # [B, H, n, c, dv]

@@ -19,14 +19,19 @@ class LinformerAttention(BaseAttention):
 
     `E` and `F` are stored as `[max_length, projection_dim]` kernels (one per layer, shared by
     the heads, as in LRA); with `share_kv=True` one kernel serves as both. An input shorter than
-    `max_length` uses the first L rows; a longer one raises a `ValueError`. O(L k d) time and
+    `max_length` uses the first L rows; a longer one raises a `ValueError`. With
+    `max_length=None` (the default) the length is the input's static length at build, so
+    `get_attention("linformer", num_heads=..., key_dim=...)` works like any other name; an
+    unknown length at build then raises a `ValueError` naming `max_length`
+    (`needs_static_length`). O(L k d) time and
     memory. Self-attention only and not causal (the projection mixes all positions). Attention
     dropout applies to the `[T, projection_dim]` probabilities.
 
     Args:
         num_heads: int. Number of attention heads.
         key_dim: int. Size of each head for query and key.
-        max_length: int. Longest sequence the layer accepts (rows of `E` and `F`).
+        max_length: int or None. Longest sequence the layer accepts (rows of `E` and `F`);
+            None (default) takes the input's static length at build.
         projection_dim: int. Projected length k.
         share_kv: bool. Use one projection for keys and values (E = F).
         **kwargs: the remaining `BaseAttention` (MultiHeadAttention) arguments; the projection
@@ -51,6 +56,11 @@ class LinformerAttention(BaseAttention):
     >>> x = np.random.rand(2, 50, 16).astype("float32")
     >>> tuple(layer(x, x).shape)
     (2, 50, 16)
+    >>> from lra_keras.layers import get_attention
+    >>> layer = get_attention("linformer", num_heads=2, key_dim=8)  # max_length from the input
+    >>> _ = layer(x, x)
+    >>> tuple(layer.key_projection.shape)
+    (50, 256)
 
     Reference:
         Wang et al., "Linformer: Self-Attention with Linear Complexity", arXiv 2006.04768, 2020.
@@ -60,21 +70,25 @@ class LinformerAttention(BaseAttention):
     strictly_causal = False
     supports_cross_attention = False
     needs_static_length = True
-    static_length_argument = "`max_length` (the rows of its E and F projections)"
+    static_length_argument = (
+        "`max_length` (the rows of its E and F projections; None takes the input's length)"
+    )
 
     def __init__(
         self,
         num_heads: int,
         key_dim: int,
-        max_length: int,
+        max_length: int | None = None,
         projection_dim: int = 256,
         share_kv: bool = True,
         **kwargs,
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
         self.max_length = attention_utils.checked_int(
-            max_length, "max_length", "LinformerAttention"
+            max_length, "max_length", "LinformerAttention", allow_none=True
         )
+        # The rows of E and F: `max_length`, or the length the layer is built at.
+        self._rows = self.max_length
         self.projection_dim = attention_utils.checked_int(
             projection_dim, "projection_dim", "LinformerAttention"
         )
@@ -83,7 +97,7 @@ class LinformerAttention(BaseAttention):
     def _check_length(self, length):
         attention_utils.check_max_length(
             length,
-            self.max_length,
+            self._rows,
             "LinformerAttention",
             "its E and F projections have `max_length` rows",
         )
@@ -91,7 +105,7 @@ class LinformerAttention(BaseAttention):
     def _projection_weight(self, name):
         return self.add_weight(
             name=name,
-            shape=(self.max_length, self.projection_dim),
+            shape=(self._rows, self.projection_dim),
             # A distinct seed per kernel: E and F are independent when not shared.
             initializer=self._fresh_initializer(),
             regularizer=self.kernel_regularizer,
@@ -99,6 +113,9 @@ class LinformerAttention(BaseAttention):
         )
 
     def _build_variant(self, query_shape, value_shape):
+        if self._rows is None:
+            # Known here: `build` refuses an unknown length first (`needs_static_length`).
+            self._rows = int(value_shape[1])
         self._check_length(value_shape[1])
         self.key_projection = self._projection_weight("key_projection")
         # With share_kv the one kernel is used for both (a second attribute would track it twice).
@@ -124,7 +141,7 @@ class LinformerAttention(BaseAttention):
 
     def attention_flops(self, batch, query_length, key_length, causal=False):
         """Projecting K and V to `projection_dim` rows, then attention over those rows."""
-        k = min(self.projection_dim, self.max_length)
+        k = min(self.projection_dim, self._rows or int(key_length))
         return 2 * self._pair_flops(batch, query_length, k)
 
     def get_config(self) -> dict:

@@ -101,9 +101,12 @@ class PerformerAttention(BaseAttention):
         Choromanski et al., "Rethinking Attention with Performers", ICLR 2021.
     """
 
-    # Rotary positions as RoFormer applies them to linear attention: the feature maps are
-    # rotated in the numerator only (Su et al., eq. 19).
-    rotary_on_features = True
+    # Rotary positions (`rotary=True`) rotate q and k in the base, before the feature map, as
+    # performer-pytorch and xformers do: the rotation keeps |x|, so the features still estimate
+    # exp(q_m . R_(n-m) k_n / sqrt(d)), stay positive, and the normaliser stays a sum of
+    # positive weights. RoFormer's eq. 19 (rotated features in the numerator only) makes the
+    # numerator signed against an unsigned normaliser; with it performer never left the
+    # majority class on ListOps.
     has_attention_probabilities = False
 
     def __init__(
@@ -128,11 +131,6 @@ class PerformerAttention(BaseAttention):
         self.chunk_size = attention_utils.checked_int(
             chunk_size, "chunk_size", "PerformerAttention"
         )
-        if self.rotary and self.num_random_features % 2:
-            raise ValueError(
-                "PerformerAttention: rotary positions rotate feature pairs, so "
-                f"`num_random_features` must be even, got {self.num_random_features}."
-            )
         self.kernel = kernel
         self.orthogonal = bool(orthogonal)
         self.redraw = bool(redraw)
@@ -227,19 +225,14 @@ class PerformerAttention(BaseAttention):
             key_scale = ops.exp(log_scale - ops.max(log_scale, axis=2, keepdims=True))
             phi_k = (ops.exp(a_k - key_max) + _SOFTMAX_FEATURE_EPS) * key_scale
             phi_k = ops.where(real, phi_k, 0.0)
-        num_q, num_k = phi_q, phi_k
-        if self.rotary:
-            # RoFormer's linear-attention form: rotated features in the numerator only.
-            num_q, num_k = (
-                ops.swapaxes(self._rotary_embedding(ops.swapaxes(x, 1, 2)), 1, 2)
-                for x in (phi_q, phi_k)
-            )
-        kv = ops.matmul(ops.swapaxes(num_k, -1, -2), v)  # [B, H, m, dv]
+        kv = ops.matmul(ops.swapaxes(phi_k, -1, -2), v)  # [B, H, m, dv]
         z = ops.sum(phi_k, axis=2, keepdims=True)  # [B, H, 1, m]
-        num = ops.matmul(num_q, kv)
+        num = ops.matmul(phi_q, kv)
         den = ops.sum(phi_q * z, axis=-1, keepdims=True)
-        positive = den > 0.0  # a query with no real key: output 0, not 0 / 0
-        out = ops.where(positive, num, 0.0) / ops.where(positive, den, 1.0)
+        # A query with no real key: output 0, not 0 / 0. `not <= 0` rather than `> 0`, so that
+        # a NaN normaliser (a non-finite input) propagates instead of becoming a zero row.
+        nonempty = ops.logical_not(den <= 0.0)
+        out = ops.where(nonempty, num, 0.0) / ops.where(nonempty, den, 1.0)
         return attention_utils.heads_last(out)
 
     def _attend(self, q, k, v, *, query, query_mask, key_mask, causal, training):
@@ -250,9 +243,6 @@ class PerformerAttention(BaseAttention):
             w = self.projection if projection is None else projection
             return self._bidirectional(q, k, v, key_mask, w)
         phi_q, phi_k, key_log_scale = self.feature_maps(q, k, key_mask, projection)
-        rotated = None
-        if self.rotary:
-            rotated = (self._rotary_embedding(phi_q), self._rotary_embedding(phi_k))
         return linear_attention(
             phi_q,
             phi_k,
@@ -261,7 +251,6 @@ class PerformerAttention(BaseAttention):
             key_log_scale=key_log_scale,
             chunk_size=self.chunk_size,
             eps=0.0,
-            rotated=rotated,
         )
 
     def attention_flops(self, batch, query_length, key_length, causal=False):

@@ -55,9 +55,12 @@ class RoutingAttention(BaseAttention):
     counts go through two non-trainable scratch weights (`centroid_sums`, `centroid_counts`)
     with `aggregation="sum"`, so under `tf.distribute` each replica assigns its local sums,
     reads back the sums over all replicas, and every replica applies the same update: exactly
-    the single-device update on the concatenated batch. The commitment loss
-    `commitment_weight * mean ||x_hat - mu||^2` over the routed real queries and keys is added
-    with `add_loss` (training only; gradients reach the projections, not the centroids).
+    the single-device update on the concatenated batch; they are zeroed again after each
+    update. A batch with a non-finite routing vector at a real position (a NaN or inf input)
+    updates no centroid, on any replica; its output still carries the non-finite values. The
+    commitment loss `commitment_weight * mean ||x_hat - mu||^2` over the routed real queries
+    and keys is added with `add_loss` (training only; gradients reach the projections, not the
+    centroids).
 
     The length may be unknown at build (`keras.Input((None, dim))`) when `num_clusters` is
     set: w and the block padding come from `ops.shape`. Time is O(L * C * d + L * w * d) =
@@ -217,6 +220,11 @@ class RoutingAttention(BaseAttention):
         return index
 
     @staticmethod
+    def _all_real_finite(x_hat, mask):
+        """Whether `x_hat` `[B, R, L, d]` is finite at every real position of `mask` `[B, L]`."""
+        return ops.all(ops.logical_or(ops.isfinite(x_hat), ~mask[:, None, :, None]))
+
+    @staticmethod
     def _gather(x, index):
         """x `[B, R, L, ...]`, index `[B, R, C, w]` -> `[B, R, C, w, ...]` (shapes may be dynamic).
 
@@ -230,24 +238,41 @@ class RoutingAttention(BaseAttention):
         out = ops.take(ops.reshape(x, (-1,) + trailing), flat, axis=0)
         return ops.reshape(out, tuple(ishape) + trailing)
 
-    def _update_centroids(self, members: list):
-        """EMA update from (unit vectors `[B, R, C, w, d]`, real `[B, R, C, w]`) pairs."""
+    def _update_centroids(self, members: list, finite):
+        """EMA update from (unit vectors `[B, R, C, w, d]`, real `[B, R, C, w]`) pairs.
+
+        `finite` (a boolean scalar) says whether every real routing vector of the local batch
+        is finite; when it is not, no centroid moves on any replica.
+        """
         sums = 0.0
         counts = 0.0
         for x_hat, real in members:
             real = ops.cast(real, "float32")
             sums = sums + ops.einsum("bhcwd,bhcw->hcd", ops.stop_gradient(x_hat), real)
             counts = counts + ops.sum(real, axis=(0, 3))
+        # A non-finite token need not be routed (top_k places NaN scores first on one backend,
+        # last on another) yet it has already moved the others' top-w: the NaN added here
+        # marks the whole batch, and survives the all-reduce to reach every replica.
+        sums = sums + ops.where(finite, 0.0, float("nan"))
         # Under tf.distribute these assigns all-reduce (aggregation="sum"): the values read
         # back are the global batch's, so every replica computes the same update.
         self.centroid_sums.assign(sums)
         self.centroid_counts.assign(counts)
         sums = ops.convert_to_tensor(self.centroid_sums)
         counts = ops.convert_to_tensor(self.centroid_counts)
+        # The sums are the global batch's, so one non-finite batch on any replica makes them
+        # non-finite on every replica, and all of them skip the same update: a NaN folded into
+        # a centroid would stay there for good and route every later clean batch wrongly.
+        finite = ops.all(ops.isfinite(sums))
         mean = sums / ops.maximum(counts, 1.0)[..., None]
         mu = ops.convert_to_tensor(self.centroids)
         moved = self.ema_decay * mu + (1.0 - self.ema_decay) * mean
-        self.centroids.assign(ops.where((counts > 0)[..., None], moved, mu))
+        update = ops.logical_and(counts > 0, finite)[..., None]
+        self.centroids.assign(ops.where(update, moved, mu))
+        # The scratch weights are emptied again (zeros all-reduce to zeros), so that they hold
+        # no batch's values between calls: a non-finite batch leaves every weight as it was.
+        self.centroid_sums.assign(ops.zeros_like(sums))
+        self.centroid_counts.assign(ops.zeros_like(counts))
 
     def _commitment_loss(self, members: list):
         mu = ops.stop_gradient(ops.cast(self.centroids, "float32"))[None, :, :, None, :]
@@ -343,7 +368,10 @@ class RoutingAttention(BaseAttention):
             ]
             if self.commitment_weight > 0.0:
                 self.add_loss(self._commitment_loss(members))
-            self._update_centroids(members)
+            finite = ops.logical_and(
+                self._all_real_finite(q_hat, query_mask), self._all_real_finite(k_hat, key_mask)
+            )
+            self._update_centroids(members, finite)
         return attention_utils.heads_last(ops.cast(result, q.dtype))
 
     def attention_flops(self, batch, query_length, key_length, causal=False):

@@ -19,7 +19,7 @@ _MODES = ("random", "dense", "factorized_random", "factorized_dense")
 class SynthesizerAttention(BaseAttention):
     """Synthesizer attention: `softmax(synthetic logits [+ Q K^T / sqrt(d)]) V`, per head.
 
-    Modes (logits of query i over key j, per head h; L = `max_length`):
+    Modes (logits of query i over key j, per head h; L = `max_length`, or the build length):
     - `"random"`: a learned `[heads, L, L]` matrix R, independent of the input.
     - `"factorized_random"`: `R1 R2^T` with learned `R1, R2` of `[heads, L, factor_rank]`.
     - `"dense"`: `B_i = W2 relu(W1 x_i + b1) + b2` from the query token x_i alone, `W1` mapping
@@ -30,13 +30,18 @@ class SynthesizerAttention(BaseAttention):
       (`tile(A, b) * repeat(B, a)`), cut to L.
     With `mix_dot_product=True` the usual `Q K^T / sqrt(d)` logits are added. Quadratic by
     definition: it builds the `[T, S]` logits. An input shorter than `max_length` uses the
-    leading part of the synthetic logits; a longer one raises a `ValueError`. Self-attention
+    leading part of the synthetic logits; a longer one raises a `ValueError`. With
+    `max_length=None` (the default) L is the input's static length at build, so
+    `get_attention("synthesizer", num_heads=..., key_dim=...)` works like any other name; an
+    unknown length at build then raises a `ValueError` naming `max_length`
+    (`needs_static_length`). Self-attention
     only. Attention dropout applies to the probabilities.
 
     Args:
         num_heads: int. Number of attention heads.
         key_dim: int. Size of each head for query and key (and of the dense modes' hidden layer).
-        max_length: int. Longest sequence the layer accepts.
+        max_length: int or None. Longest sequence the layer accepts; None (default) takes the
+            input's static length at build.
         mode: str. One of "random", "dense", "factorized_random", "factorized_dense".
         mix_dot_product: bool. Add the dot-product logits to the synthetic ones.
         factor_rank: int. Rank k of `"factorized_random"`.
@@ -64,6 +69,11 @@ class SynthesizerAttention(BaseAttention):
     >>> x = np.random.rand(2, 50, 16).astype("float32")
     >>> tuple(layer(x, x, use_causal_mask=True).shape)
     (2, 50, 16)
+    >>> from lra_keras.layers import get_attention
+    >>> layer = get_attention("synthesizer", num_heads=2, key_dim=8)  # L from the input
+    >>> _ = layer(x, x)
+    >>> tuple(layer.random_logits.shape)
+    (2, 50, 50)
 
     Reference:
         Tay et al., "Synthesizer: Rethinking Self-Attention for Transformer Models", ICML 2021.
@@ -71,7 +81,10 @@ class SynthesizerAttention(BaseAttention):
 
     supports_cross_attention = False
     needs_static_length = True
-    static_length_argument = "`max_length` (its synthetic logits cover that many positions)"
+    static_length_argument = (
+        "`max_length` (its synthetic logits cover that many positions; None takes the input's "
+        "length)"
+    )
     supports_attention_mask = True
     supports_rotary = False
     _no_rotary_reason = "its synthetic logits do not come from query-key dot products."
@@ -80,7 +93,7 @@ class SynthesizerAttention(BaseAttention):
         self,
         num_heads: int,
         key_dim: int,
-        max_length: int,
+        max_length: int | None = None,
         mode: str = "random",
         mix_dot_product: bool = True,
         factor_rank: int = 32,
@@ -88,7 +101,7 @@ class SynthesizerAttention(BaseAttention):
     ):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
         self.max_length = attention_utils.checked_int(
-            max_length, "max_length", "SynthesizerAttention"
+            max_length, "max_length", "SynthesizerAttention", allow_none=True
         )
         if mode not in _MODES:
             raise ValueError(f"SynthesizerAttention: `mode` must be one of {_MODES}, got {mode!r}.")
@@ -97,13 +110,18 @@ class SynthesizerAttention(BaseAttention):
         )
         self.mode = mode
         self.mix_dot_product = bool(mix_dot_product)
-        self.factor_a = math.ceil(math.sqrt(self.max_length))
-        self.factor_b = -(-self.max_length // self.factor_a)
+        # L: `max_length`, or the length the layer is built at.
+        self._set_length(self.max_length)
+
+    def _set_length(self, length):
+        self._length = length
+        self.factor_a = None if length is None else math.ceil(math.sqrt(length))
+        self.factor_b = None if length is None else -(-length // self.factor_a)
 
     def _check_length(self, length):
         attention_utils.check_max_length(
             length,
-            self.max_length,
+            self._length,
             "SynthesizerAttention",
             "its synthetic logits cover `max_length` positions",
         )
@@ -120,8 +138,11 @@ class SynthesizerAttention(BaseAttention):
         )
 
     def _build_variant(self, query_shape, value_shape):
+        if self._length is None:
+            # Known here: `build` refuses an unknown length first (`needs_static_length`).
+            self._set_length(int(query_shape[1]))
         self._check_length(query_shape[1])
-        h, length = self.num_heads, self.max_length
+        h, length = self.num_heads, self._length
         if self.mode == "random":
             self.random_logits = self._weight("random_logits", (h, length, length))
         elif self.mode == "factorized_random":
@@ -158,7 +179,7 @@ class SynthesizerAttention(BaseAttention):
         f32 = attention_utils.to_float32
         if self.mode == "random":
             logits = f32(self.random_logits)
-            if length < self.max_length:  # a no-op slice still costs a copy and a scatter
+            if length < self._length:  # a no-op slice still costs a copy and a scatter
                 logits = logits[:, :length, :length]
             return logits[None]
         if self.mode == "factorized_random":
@@ -200,7 +221,9 @@ class SynthesizerAttention(BaseAttention):
         if self.mix_dot_product:
             flops += 2 * batch * h * query_length * key_length * d
         if self.mode in ("dense", "factorized_dense"):
-            width = self.max_length if self.mode == "dense" else self.factor_a + self.factor_b
+            full = self._length or int(key_length)
+            a = math.ceil(math.sqrt(full))
+            width = full if self.mode == "dense" else a + -(-full // a)
             flops += 2 * batch * h * query_length * d * width
         return flops
 

@@ -60,11 +60,7 @@ def check_inputs(q, k, v, key_mask, query_chunk_size, key_chunk_size, dropout_ra
             "chunked_attention: `key_mask` must be a [batch, key_length] boolean mask, "
             f"got shape {tuple(key_mask.shape)}."
         )
-    for arg, size in (("query_chunk_size", query_chunk_size), ("key_chunk_size", key_chunk_size)):
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise ValueError(
-                f"chunked_attention: `{arg}` must be a positive integer, got {size!r}."
-            )
+    check_chunk_sizes(query_chunk_size, key_chunk_size)
     s, sv = k.shape[2], v.shape[2]
     if s is not None and sv is not None and s != sv:
         raise ValueError(
@@ -76,6 +72,17 @@ def check_inputs(q, k, v, key_mask, query_chunk_size, key_chunk_size, dropout_ra
         )
     if dropout_rate and seed is None:
         raise ValueError("chunked_attention: `dropout_rate > 0` needs a `seed` (integer scalar).")
+
+
+def check_chunk_sizes(query_chunk_size, key_chunk_size, allow_none: bool = False) -> None:
+    """Refuses a chunk size that is not a positive integer (or None, where it is chosen)."""
+    for arg, size in (("query_chunk_size", query_chunk_size), ("key_chunk_size", key_chunk_size)):
+        if size is None and allow_none:
+            continue
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ValueError(
+                f"chunked_attention: `{arg}` must be a positive integer, got {size!r}."
+            )
 
 
 def pad_to_multiple(x, axis: int, multiple: int):
@@ -130,8 +137,8 @@ def chunked_attention_reference(
     v,
     key_mask,
     causal: bool = False,
-    query_chunk_size: int = 1024,
-    key_chunk_size: int = 1024,
+    query_chunk_size: int | None = None,
+    key_chunk_size: int | None = None,
     scale: float | None = None,
     dropout_rate: float = 0.0,
     dropout_seed=None,
@@ -144,8 +151,8 @@ def chunked_attention_reference(
         v: `[B, H, S, dv]` values.
         key_mask: boolean `[B, S]`, True = real key.
         causal: bool. Key j is visible to query i iff j <= i.
-        query_chunk_size: int. Queries per chunk.
-        key_chunk_size: int. Keys per chunk.
+        query_chunk_size: int or None. Queries per chunk (None: `default_chunk_sizes`).
+        key_chunk_size: int or None. Keys per chunk (None: `default_chunk_sizes`).
         scale: logit scale; `1/sqrt(d)` by default.
         dropout_rate: float. Attention dropout on the normalised probabilities.
         dropout_seed: integer scalar tensor; needed when `dropout_rate > 0`.
@@ -153,6 +160,7 @@ def chunked_attention_reference(
     Returns:
         `[B, H, T, dv]` in q's dtype; zero rows where a query has no allowed key.
     """
+    query_chunk_size, key_chunk_size = resolve_chunk_sizes(q, k, query_chunk_size, key_chunk_size)
     check_inputs(q, k, v, key_mask, query_chunk_size, key_chunk_size, dropout_rate, dropout_seed)
     if q.shape[2] is None or k.shape[2] is None:
         raise ValueError(
@@ -199,36 +207,94 @@ def chunked_attention_reference(
     return finish(out, q0, dtype)
 
 
-# The default tiling, chosen from the length (measured on the TensorFlow kernel, 2 CPU cores,
-# 4 heads x 64, forward+backward; `benchmarks.chunked_tiles` repeats it): a call whose scores
-# fit in ONE_TILE_MAX_ENTRIES per (batch, head) runs as one dense tile, as fast as `full`
-# (the tiled kernel's recomputing backward, 7 products instead of 6, costs it 15-25% on 2
-# cores); longer ones run in tiles of DEFAULT_CHUNK_SIZE, whose 1 MiB score tile per head stays
-# in cache (on one core, 512-tiles ran at 1.11x of dense at 4K, 1024-tiles at 1.36x). The bound
-# (8192 x 4096 entries, 128 MiB in float32: the LRA text model's 4K + CLS fits it) caps the
-# working set per (batch, head) at any length, so memory stays O(L).
-ONE_TILE_MAX_ENTRIES = 8192 * 4096
-DEFAULT_CHUNK_SIZE = 512
+# The default tiling bounds the working set of the WHOLE call (every batch x head at once):
+# the scores of one tile, `batch * heads * query_chunk * key_chunk` float32 entries, stay within
+# TILE_BUDGET_ENTRIES (2**20: 4 MiB of scores; the kernels keep about a dozen tile-sized
+# temporaries alive, two tiles in flight, so about 50 MiB in all). That is 512 x 512 tiles for
+# 4 heads of one example, 64 x 64 for LRA's batch of 32 x 8 heads. A call whose entire score
+# tensor `[B, H, T, S]` fits the budget runs as one dense tile (plain ops, no loop); any other
+# call is tiled, so memory grows linearly with the length at every batch size.
+# Per (batch, head) a tile has at most CACHE_TILE_ENTRIES (512 x 512: 1 MiB of scores per
+# head, which stays in cache; measured on the TensorFlow kernel, 2 CPU cores, 4 heads x 64,
+# forward+backward, `benchmarks.chunked_tiles`: 512-tiles ran at 1.11x of dense at 4K on one
+# core, 1024-tiles at 1.36x). No chunk is cut below MIN_CHUNK_SIZE (32): only where
+# batch * heads exceeds 1024 does the 32 x 32 floor put a tile over the budget, and such a
+# tile is still smaller than the queries themselves (heads of 32 or more).
+# Set the chunk sizes explicitly to trade memory for speed.
+TILE_BUDGET_ENTRIES = 2**20
+CACHE_TILE_ENTRIES = 512 * 512
+MIN_CHUNK_SIZE = 32
+# The batch size assumed where it is unknown when tracing (LRA's batch): an unknown batch must
+# not lift the bound, and a smaller real batch only gets smaller tiles than it could.
+UNKNOWN_BATCH = 32
 
 
-def _even_chunk(length) -> int:
-    """At most DEFAULT_CHUNK_SIZE, splitting a static length into equal chunks: 8193 tokens
-    (8K + CLS) take 17 chunks of 482, not 17 of 512 padded to 8704 (13% more tile work)."""
+def _even_chunk(length, most: int) -> int:
+    """At most `most`, splitting a static length into equal chunks: 8193 tokens (8K + CLS) in
+    chunks of at most 512 take 17 chunks of 482, not 17 of 512 padded to 8704 (13% more
+    tile work)."""
+    most = max(1, most)
     if length is None:
-        return DEFAULT_CHUNK_SIZE
-    return -(-length // -(-length // DEFAULT_CHUNK_SIZE))
+        return most
+    length = max(length, 1)
+    return -(-length // -(-length // most))
 
 
-def default_chunk_sizes(t, s, query_chunk_size=None, key_chunk_size=None) -> tuple[int, int]:
-    """Chunk sizes for a call: the given ones, else one tile (see `ONE_TILE_MAX_ENTRIES`) when
-    both static lengths fit it, else `DEFAULT_CHUNK_SIZE`."""
-    one_tile = t is not None and s is not None and max(t, 1) * max(s, 1) <= ONE_TILE_MAX_ENTRIES
-    default_q = max(t, 1) if one_tile else _even_chunk(t)
-    default_k = max(s, 1) if one_tile else _even_chunk(s)
-    return (
-        default_q if query_chunk_size is None else query_chunk_size,
-        default_k if key_chunk_size is None else key_chunk_size,
+def batch_heads(batch, heads) -> int:
+    """How many (batch, head) pairs one call computes; an unknown batch is `UNKNOWN_BATCH`."""
+    return (UNKNOWN_BATCH if batch is None else max(batch, 1)) * max(heads or 1, 1)
+
+
+def tile_entries_per_head(batch, heads) -> int:
+    """Scores one tile may hold per (batch, head) under the whole-call budget."""
+    return max(
+        MIN_CHUNK_SIZE * MIN_CHUNK_SIZE,
+        min(CACHE_TILE_ENTRIES, TILE_BUDGET_ENTRIES // batch_heads(batch, heads)),
     )
+
+
+def default_chunk_sizes(
+    batch, heads, t, s, query_chunk_size=None, key_chunk_size=None
+) -> tuple[int, int]:
+    """Chunk sizes for a call on `[batch, heads, t|s, d]` tensors (any of them None if unknown).
+
+    The given sizes are kept. Left None, they are chosen so that one tile of the whole call,
+    `batch * heads * query_chunk * key_chunk` scores, fits `TILE_BUDGET_ENTRIES` (see there):
+    one tile covering both lengths exactly when the whole `[B, H, T, S]` score tensor fits,
+    else near-square tiles (the shorter length whole when it fits), each length split into
+    equal chunks.
+    """
+    check_chunk_sizes(query_chunk_size, key_chunk_size, allow_none=True)
+    if query_chunk_size is not None and key_chunk_size is not None:
+        return query_chunk_size, key_chunk_size
+    static = t is not None and s is not None
+    given = query_chunk_size is not None or key_chunk_size is not None
+    if static and not given and batch_heads(batch, heads) * t * s <= TILE_BUDGET_ENTRIES:
+        return max(t, 1), max(s, 1)
+    per_head = tile_entries_per_head(batch, heads)
+    if query_chunk_size is not None:
+        cq = min(query_chunk_size, t) if t is not None else query_chunk_size
+        return query_chunk_size, _even_chunk(s, max(MIN_CHUNK_SIZE, per_head // max(cq, 1)))
+    if key_chunk_size is not None:
+        ck = min(key_chunk_size, s) if s is not None else key_chunk_size
+        return _even_chunk(t, max(MIN_CHUNK_SIZE, per_head // max(ck, 1))), key_chunk_size
+    side = max(MIN_CHUNK_SIZE, math.isqrt(per_head))
+    if t is not None and t <= side:
+        cq = max(t, 1)
+        return cq, _even_chunk(s, max(MIN_CHUNK_SIZE, per_head // cq))
+    if s is not None and s <= side:
+        ck = max(s, 1)
+        return _even_chunk(t, max(MIN_CHUNK_SIZE, per_head // ck)), ck
+    return _even_chunk(t, side), _even_chunk(s, side)
+
+
+def resolve_chunk_sizes(q, k, query_chunk_size, key_chunk_size) -> tuple:
+    """The call's chunk sizes: the given ones, else `default_chunk_sizes` for q's batch, heads
+    and the lengths (a malformed q or k is left to `check_inputs` to refuse)."""
+    if len(q.shape) != 4 or len(k.shape) != 4:
+        return query_chunk_size, key_chunk_size
+    b, h, t, s = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    return default_chunk_sizes(b, h, t, s, query_chunk_size, key_chunk_size)
 
 
 def one_tile_attention(
@@ -287,14 +353,15 @@ def chunked_attention(
 ):
     """Chunked exact attention on the current Keras backend (see the module docstring).
 
-    Chunk sizes left `None` are chosen from the lengths (`default_chunk_sizes`). A call whose
+    Chunk sizes left `None` are chosen from the batch size, heads and lengths so that the whole
+    call's tile fits `TILE_BUDGET_ENTRIES` (`default_chunk_sizes`). A call whose
     static lengths fit in one tile runs `one_tile_attention` on every backend; otherwise the
     TensorFlow backend gets `chunked_attention_tf`, JAX `chunked_attention_jax`, the others
     `chunked_attention_reference`; all take the same arguments and give the same result.
     """
     backend = keras.backend.backend()
+    query_chunk_size, key_chunk_size = resolve_chunk_sizes(q, k, query_chunk_size, key_chunk_size)
     t, s = q.shape[2], k.shape[2]
-    query_chunk_size, key_chunk_size = default_chunk_sizes(t, s, query_chunk_size, key_chunk_size)
     check_inputs(q, k, v, key_mask, query_chunk_size, key_chunk_size, dropout_rate, dropout_seed)
     if t is not None and s is not None and t <= query_chunk_size and s <= key_chunk_size:
         # One tile covers the sequence: its memory is the tile bound already, and plain ops

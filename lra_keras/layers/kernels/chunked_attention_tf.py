@@ -184,16 +184,21 @@ def chunked_attention_tf(
     v,
     key_mask,
     causal: bool = False,
-    query_chunk_size: int = 1024,
-    key_chunk_size: int = 1024,
+    query_chunk_size: int | None = None,
+    key_chunk_size: int | None = None,
     scale: float | None = None,
     dropout_rate: float = 0.0,
     dropout_seed=None,
 ):
     """Chunked exact attention for TensorFlow, O(L) memory in the forward and backward pass.
 
-    Same arguments and result as `chunked_attention_reference`; the lengths may be unknown.
+    Same arguments and result as `chunked_attention_reference` (chunk sizes left None follow
+    the whole-call budget of `chunked_attention.default_chunk_sizes`); the lengths may be
+    unknown.
     """
+    query_chunk_size, key_chunk_size = common.resolve_chunk_sizes(
+        q, k, query_chunk_size, key_chunk_size
+    )
     common.check_inputs(
         q, k, v, key_mask, query_chunk_size, key_chunk_size, dropout_rate, dropout_seed
     )
