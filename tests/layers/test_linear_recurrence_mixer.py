@@ -55,6 +55,8 @@ def test_each_scan_form_equals_the_loop(length):
     want = loop(lam, b, False)
     step, b_parts = parts(lam), parts(b)
     np.testing.assert_allclose(joined(scans._doubling_scan(step, b_parts)), want, atol=2e-5)
+    unrolled = scans._unrolled_doubling_scan(step, b_parts, length)
+    np.testing.assert_allclose(joined(unrolled), want, atol=2e-5)
     if keras.backend.backend() != "tensorflow":
         ones = np.ones((1, length, 1), "float32")
         elems = (ones * step[0], ones * step[1], *b_parts)

@@ -32,7 +32,7 @@ def _doubling_scan(step, b):
 
     `x <- x + step^d shift_d(x)` for d = 1, 2, 4, ... while d < L: O(log L) depth and
     O(L log L) work (log2 L elementwise passes over `[batch, L, states]`, small beside the
-    B and C projections), any length, known or not when the graph is built.
+    B and C projections), for a length unknown when the graph is built.
     """
     (a_re, a_im), (b_re, b_im) = step, b
     length = ops.shape(b_re)[1]
@@ -56,6 +56,26 @@ def _doubling_scan(step, b):
     return x_re, x_im
 
 
+def _unrolled_doubling_scan(step, b, length: int):
+    """`_doubling_scan` for a static length, unrolled in Python (ceil(log2 L) steps).
+
+    The shifts are static slices, and no `while_loop` is traced: Grappler's add rewrite inside
+    the loop failed at random at 16K (a temporary variable created twice, TensorFlow 2.21).
+    """
+    (a_re, a_im), (x_re, x_im) = step, b
+    p_re, p_im = a_re, a_im
+    d = 1
+    while d < length:
+        zeros = ops.zeros_like(x_re[:, :d])
+        s_re = ops.concatenate([zeros, x_re[:, : length - d]], axis=1)
+        s_im = ops.concatenate([zeros, x_im[:, : length - d]], axis=1)
+        add_re, add_im = complex_mul(p_re, p_im, s_re, s_im)
+        x_re, x_im = x_re + add_re, x_im + add_im
+        p_re, p_im = complex_mul(p_re, p_im, p_re, p_im)
+        d *= 2
+    return x_re, x_im
+
+
 def diagonal_scan(lambda_re, lambda_im, b_re, b_im, reverse: bool = False):
     """All states of `x_k = lambda x_{k-1} + b_k` (x_0 = b_0), by a parallel scan.
 
@@ -67,12 +87,16 @@ def diagonal_scan(lambda_re, lambda_im, b_re, b_im, reverse: bool = False):
     level and fails under XLA and on lengths unknown at trace time (Keras 3.15), and an
     odd-even scan written with static slices took 24 s to trace for one layer's gradient at
     1K (against 6 s for the doubling form, 0.23 s and 0.20 s a step after): so TensorFlow
-    runs `_doubling_scan`.
+    runs the doubling form, unrolled for a static length, in a `while_loop` otherwise.
     """
     if reverse:
         b_re, b_im = ops.flip(b_re, axis=1), ops.flip(b_im, axis=1)
     if keras.backend.backend() == "tensorflow":
-        x_re, x_im = _doubling_scan((lambda_re, lambda_im), (b_re, b_im))
+        length = b_re.shape[1]
+        if length is not None:
+            x_re, x_im = _unrolled_doubling_scan((lambda_re, lambda_im), (b_re, b_im), length)
+        else:
+            x_re, x_im = _doubling_scan((lambda_re, lambda_im), (b_re, b_im))
     else:
         ones = ops.ones_like(b_re[:1, :, :1])
         elems = (ones * lambda_re, ones * lambda_im, b_re, b_im)
