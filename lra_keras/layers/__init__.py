@@ -14,6 +14,7 @@ from lra_keras.layers.attention.linear_attention import LinearAttention
 from lra_keras.layers.attention.linformer_attention import LinformerAttention
 from lra_keras.layers.attention.local_attention import LocalAttention
 from lra_keras.layers.attention.longformer_attention import LongformerAttention
+from lra_keras.layers.attention.lru_mixing import LRUMixing
 from lra_keras.layers.attention.mega_mixing import MegaMixing
 from lra_keras.layers.attention.memory_compressed_attention import MemoryCompressedAttention
 from lra_keras.layers.attention.nystrom_attention import NystromAttention
@@ -22,6 +23,7 @@ from lra_keras.layers.attention.reformer_attention import ReformerAttention
 from lra_keras.layers.attention.registry import ATTENTIONS, get_attention, register_attention
 from lra_keras.layers.attention.routing_attention import RoutingAttention
 from lra_keras.layers.attention.s4d_mixing import S4DMixing
+from lra_keras.layers.attention.s5_mixing import S5Mixing
 from lra_keras.layers.attention.set_attention import SetAttention
 from lra_keras.layers.attention.sinkhorn_attention import SinkhornAttention
 from lra_keras.layers.attention.sparse_attention import SparseAttention
@@ -50,6 +52,7 @@ __all__ = [
     "FullAttention",
     "ImageLocalAttention",
     "LRAEncoder",
+    "LRUMixing",
     "LinearAttention",
     "LinformerAttention",
     "LocalAttention",
@@ -65,6 +68,7 @@ __all__ = [
     "RoutingAttention",
     "RelativeMultiHeadAttention",
     "S4DMixing",
+    "S5Mixing",
     "SegmentRecurrentEncoder",
     "SequencePooling",
     "SetAttention",

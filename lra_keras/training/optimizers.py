@@ -4,8 +4,8 @@ S4 and S4D train the state-space parameters (the step size dt, A and B) at a sma
 learning rate (0.001 on LRA) and without weight decay, while every other weight follows the
 run's learning rate and weight decay (Gu et al. 2022, S4 appendix D.2; the reference code
 registers each such tensor with its own `lr` and `weight_decay=0.0`). Layers that want this
-expose `state_space_variables` and `ssm_learning_rate` (`S4DMixing`, and any other token
-mixer or layer that declares both); `build_optimizer` reads them from the model.
+expose `state_space_variables` and `ssm_learning_rate` (`S4DMixing`, `LRUMixing`,
+`S5Mixing`, and any other layer that declares both); `build_optimizer` reads them.
 
 `no_weight_decay` groups (the zoo config key of the same name) exclude further weights from
 the decay, as the S5 and LRU LRA configs exclude norms, biases and embeddings:

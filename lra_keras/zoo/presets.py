@@ -434,48 +434,6 @@ def _state_space_config(row: dict, task: str, preset: str) -> tuple[dict, dict]:
     return config, kwargs
 
 
-def _epochs_row(task, depth, width, state, dropout, lr, ssm_lr, batch, epochs, wd, **extra):
-    steps_per_epoch = _TRAIN_EXAMPLES[task] // batch
-    row = {
-        "depth": depth,
-        "width": width,
-        "state_dim": state,
-        "dropout": dropout,
-        "learning_rate": lr,
-        "ssm_learning_rate": ssm_lr,
-        "batch_size": batch,
-        "num_train_steps": epochs * steps_per_epoch,
-        "steps_per_epoch": steps_per_epoch,
-        "weight_decay": wd,
-        "norm": "batch",
-        "pooling": "mean",
-    }
-    row.update(extra)
-    row.setdefault("warmup_steps", steps_per_epoch)
-    return row
-
-
-# ----------------------------------------------------------------- S5 (the `s5` mixer)
-# Smith, Warrington and Linderman, "Simplified State Space Layers for Sequence Modeling",
-# ICLR 2023, appendix table of LRA hyperparameters, as the authors' run scripts set them
-# (github.com/lindermanlab/S5, commit d133f4d, bin/run_experiments/run_lra_{listops,imdb,aan,
-# cifar,pathfinder,pathx}.sh): depth (n_layers), width H (d_model), state size P
-# (ssm_size_base), dropout, learning rate (lr_factor * ssm_lr_base), SSM learning rate
-# (ssm_lr_base), batch, epochs, weight decay. Every task: batchnorm=True, bidirectional,
-# mean pooling ("pool"), cosine decay after a one-epoch linear warmup (warmup_end=1; imdb 0).
-# Not carried over: the number of blocks J of the block-diagonal initialisation (8, 12, 16,
-# 3, 8, 16), C's initialisation, the GLU activation; steps = epochs * examples / batch.
-S5_LRA_TABLE = {
-    "listops": _epochs_row("listops", 8, 128, 16, 0.0, 0.003, 0.001, 50, 40, 0.04),
-    "text": _epochs_row("text", 6, 256, 192, 0.1, 0.004, 0.001, 50, 35, 0.07, warmup_steps=0),
-    "retrieval": _epochs_row("retrieval", 6, 128, 256, 0.0, 0.002, 0.001, 32, 20, 0.05),
-    "image": _epochs_row("image", 6, 512, 384, 0.1, 0.0045, 0.001, 50, 250, 0.07),
-    "pathfinder": _epochs_row("pathfinder", 6, 192, 256, 0.05, 0.0045, 0.0009, 64, 200, 0.03),
-    "pathx": _epochs_row(
-        "pathx", 6, 128, 256, 0.0, 0.0018, 0.0006, 32, 75, 0.06, attention_kwargs={"dt_min": 1e-4}
-    ),
-}
-
 # ----------------------------------------------------------------- LRU (the `lru` mixer)
 # Orvieto et al., "Resurrecting Recurrent Neural Networks for Long Sequences", ICML 2023,
 # appendix D. Its per-task LRA table could not be checked here, so every number is left at
@@ -504,43 +462,83 @@ def _lru_row(task: str) -> dict:
 
 
 LRU_LRA_TABLE = {task: _lru_row(task) for task in _TRAIN_EXAMPLES}
-for _table in (S5_LRA_TABLE, LRU_LRA_TABLE):
-    # Not in the papers: Pathfinder-64 as Pathfinder-32, Pathfinder-256 as Path-X.
-    _table["pathfinder64"] = _table["pathfinder"]
-    _table["pathfinder256"] = _table["pathx"]
-
-# Model name -> its LRA table. A model with a preset function of its own (s4d, mega) is
-# routed to it by `state_space_preset`.
-STATE_SPACE_TABLES = {"s5": S5_LRA_TABLE, "lru": LRU_LRA_TABLE}
-STATE_SPACE_PRESETS = ("s4d", "mega") + tuple(STATE_SPACE_TABLES)
-
-
-def state_space_preset(name: str, task: str, preset: str) -> tuple[dict, dict]:
-    """(config keys, attention_kwargs) of the state-space model `name` on `task`.
-
-    `lra`: the model's table above; `small`: the same optimiser at a quarter of the steps, on
-    half the depth (at least 2) and a quarter of the width (at least 64). The kwargs hold
-    `state_dim` and `ssm_learning_rate` (and s4d's dt range); the zoo passes those the
-    mixer's constructor takes.
-    """
-    if name == "s4d":
-        return s4d_preset(task, preset)
-    if name == "mega":
-        config, kwargs = mega_preset(task, preset)
-        # The recipe keys of Mega's README.lra.md: --norm-type batchnorm/syncbatchnorm on the
-        # image tasks ("batch"; layernorm and scalenorm elsewhere stay "layer"), and
-        # --input-type image: pixel values, not tokens (S4's CIFAR statistics here; the
-        # README's 0.48/0.24 is not carried over).
-        norm = MEGA_LRA_MODEL[task][5]
-        config.update(
-            norm="batch" if norm == "batch" else "layer",
-            input_encoding="linear" if task in _GRID_TASKS else "embedding",
-        )
-        return config, kwargs
-    return _state_space_config(STATE_SPACE_TABLES[name][task], task, preset)
-
+# Not in the paper: Pathfinder-64 as Pathfinder-32, Pathfinder-256 as Path-X.
+LRU_LRA_TABLE["pathfinder64"] = LRU_LRA_TABLE["pathfinder"]
+LRU_LRA_TABLE["pathfinder256"] = LRU_LRA_TABLE["pathx"]
 
 TINY_ATTENTION["s4d"] = {"state_dim": 16}
+
+# ----------------------------------------------------------------- S5 (the `s5` mixer)
+# S5's LRA runs as its repository gives them (github.com/lindermanlab/S5, commit d133f4d,
+# bin/run_experiments/run_lra_{listops,imdb,aan,cifar,pathfinder,pathx}.sh), the runs behind
+# the LRA results of Smith, Warrington and Linderman, ICLR 2023. Columns: depth, width H,
+# state size P, blocks J, C_init, activation (hg1/hg2: half_glu1/2), batch, epochs,
+# lr_factor (learning rate = lr_factor * ssm_lr), ssm_lr, dropout, weight decay, warmup
+# epochs, clip_eigs, dt_min. Every task: bidirectional, batch norm (`norm="batch"`), mean
+# pooling, AdamW with cosine decay after a linear warmup, dt_max 0.1.
+# Not carried over: the optimiser groups of `opt_config` (the zoo trains Lambda, log_step
+# and B at ssm_lr without weight decay, S5's `standard`; listops and cifar use
+# `BfastandCdecay`, B at the base rate with decay; pathx `BandCdecay`, B decayed at ssm_lr;
+# `dt_global` puts log_step at the base rate on imdb and aan).
+_LECUN, _TRUNC, _CPLX = "lecun_normal", "trunc_standard_normal", "complex_normal"
+# fmt: off
+S5_LRA_TABLE = {
+    "listops": (8, 128, 16, 8, _LECUN, "hg2", 50, 40, 3, 0.001, 0.0, 0.04, 1, False, 1e-3),
+    "text": (6, 256, 192, 12, _LECUN, "hg2", 50, 35, 4, 0.001, 0.1, 0.07, 0, False, 1e-3),
+    "retrieval": (6, 128, 256, 16, _TRUNC, "hg1", 32, 20, 2, 0.001, 0.0, 0.05, 1, False, 1e-3),
+    "image": (6, 512, 384, 3, _LECUN, "hg1", 50, 250, 4.5, 0.001, 0.1, 0.07, 1, True, 1e-3),
+    "pathfinder": (6, 192, 256, 8, _TRUNC, "hg1", 64, 200, 5, 0.0009, 0.05, 0.03, 1, False, 1e-3),
+    "pathx": (6, 128, 256, 16, _CPLX, "hg1", 32, 75, 3, 0.0006, 0.0, 0.06, 1, False, 1e-4),
+}
+# fmt: on
+# Not in the repository: Pathfinder-64 as Pathfinder-32, Pathfinder-256 as Path-X.
+S5_LRA_TABLE["pathfinder64"] = S5_LRA_TABLE["pathfinder"]
+S5_LRA_TABLE["pathfinder256"] = S5_LRA_TABLE["pathx"]
+# Training examples per epoch (LRA's splits; reference section 1): steps = epochs * this / batch.
+S5_TRAIN_EXAMPLES = {
+    "listops": 96000,
+    "text": 25000,
+    "retrieval": 147086,
+    "image": 45000,
+    "pathfinder": 160000,
+    "pathx": 160000,
+    "pathfinder64": 160000,
+    "pathfinder256": 160000,
+}
+
+
+def s5_preset(task: str, preset: str) -> tuple[dict, dict]:
+    """(config keys, attention_kwargs) of the `s5` mixer on `task` for `lra` or `small`.
+
+    `lra`: the table above. `small`: the same optimiser at a quarter of the steps, on half
+    the depth (at least 2) and a quarter of the width (at least 64).
+    """
+    row = S5_LRA_TABLE[task]
+    depth, width, state, blocks, c_init, activation, batch, epochs = row[:8]
+    lr_factor, ssm_lr, dropout, wd, warmup_epochs, clip_eigs, dt_min = row[8:]
+    steps_per_epoch = S5_TRAIN_EXAMPLES[task] // batch
+    steps = epochs * steps_per_epoch
+    warmup = warmup_epochs * steps_per_epoch
+    if preset == "small":
+        depth, width = max(2, depth // 2), max(64, width // 4)
+        steps, warmup = steps // 4, warmup // 4
+    config = _model(depth, 1, width, width, 2 * width, dropout=dropout, attention_dropout=dropout)
+    config.update(
+        _train(batch, lr_factor * ssm_lr, wd, warmup, "cosine", steps, steps_per_epoch),
+        pooling="mean",
+    )
+    kwargs = {
+        "state_dim": state,
+        "blocks": blocks,
+        "C_init": c_init,
+        "activation": {"hg1": "half_glu1", "hg2": "half_glu2"}[activation],
+        "clip_eigs": clip_eigs,
+        "dt_min": dt_min,
+        "dt_max": 0.1,
+        "ssm_learning_rate": ssm_lr,
+    }
+    return config, kwargs
+
 
 # ----------------------------------------------------------------- Mega (the `mega` mixer)
 # Mega's LRA runs (Ma et al., ICLR 2023) as its repository sets them (facebookresearch/mega,
@@ -611,3 +609,41 @@ def mega_preset(task: str, preset: str) -> tuple[dict, dict]:
 
 
 TINY_ATTENTION["mega"] = {"ema_dim": 4, "z_dim": 16, "chunk_size": 32}
+TINY_ATTENTION["s5"] = {"state_dim": 16, "blocks": 2}
+TINY_ATTENTION["lru"] = {"state_dim": 16}
+
+
+# Model name -> its LRA table. A model with a preset function of its own (s4d, s5, mega) is
+# routed to it by `state_space_preset`.
+STATE_SPACE_TABLES = {"lru": LRU_LRA_TABLE}
+STATE_SPACE_PRESETS = ("s4d", "s5", "mega") + tuple(STATE_SPACE_TABLES)
+
+
+def state_space_preset(name: str, task: str, preset: str) -> tuple[dict, dict]:
+    """(config keys, attention_kwargs) of the state-space model `name` on `task`.
+
+    `lra`: the model's table above; `small`: the same optimiser at a quarter of the steps, on
+    half the depth (at least 2) and a quarter of the width (at least 64). The kwargs hold
+    `state_dim` and `ssm_learning_rate` (and s4d's dt range); the zoo passes those the
+    mixer's constructor takes.
+    """
+    if name == "s4d":
+        return s4d_preset(task, preset)
+    if name == "s5":
+        config, kwargs = s5_preset(task, preset)
+        # S5's run scripts set batchnorm=True on every task and feed pixels as values.
+        config.update(norm="batch", input_encoding="linear" if task in _GRID_TASKS else "embedding")
+        return config, kwargs
+    if name == "mega":
+        config, kwargs = mega_preset(task, preset)
+        # The recipe keys of Mega's README.lra.md: --norm-type batchnorm/syncbatchnorm on the
+        # image tasks ("batch"; layernorm and scalenorm elsewhere stay "layer"), and
+        # --input-type image: pixel values, not tokens (S4's CIFAR statistics here; the
+        # README's 0.48/0.24 is not carried over).
+        norm = MEGA_LRA_MODEL[task][5]
+        config.update(
+            norm="batch" if norm == "batch" else "layer",
+            input_encoding="linear" if task in _GRID_TASKS else "embedding",
+        )
+        return config, kwargs
+    return _state_space_config(STATE_SPACE_TABLES[name][task], task, preset)

@@ -40,6 +40,9 @@ CASES = {
     "fnet": {"kwargs": {}},
     # A small state; FFTs of 2L and a Vandermonde kernel: L log L, about 2.2x per doubling.
     "s4d": {"kwargs": {"state_dim": 8}},
+    # Diagonal linear recurrences by parallel scan: an O(L) FLOP count, 2x per doubling.
+    "lru": {"kwargs": {"state_dim": 8}},
+    "s5": {"kwargs": {"state_dim": 8, "blocks": 2}},
     # Chunks of 4 (13 = 3 chunks + 1 token, padded internally): attention linear in L, the EMA's
     # FFTs L log L.
     "mega": {"kwargs": {"ema_dim": 4, "z_dim": 6, "hidden_dim": 10, "chunk_size": 4}},

@@ -114,6 +114,27 @@ CASES: dict[str, dict] = {
     # sum of the inputs and cannot select by content (0.27 pointer); a fixed look-back is
     # exactly what its causal kernel learns (1.00).
     "s4d": {"kwargs": {}, "pointer": 0.22, "margin": 0.12},
+    # Linear time-invariant recurrences, like s4d: position 0 receives a fixed,
+    # position-weighted sum and cannot select by content (pointer 0.24 to 0.25 with S5's
+    # half_glu2 gate; with the full_glu / half_glu1 gates 0.20 to 0.23, too close to the bar);
+    # a fixed look-back is what a causal scan learns (1.00). S5 with steps up to 1 (dt_max):
+    # at S5's default 0.1 its modes decay too slowly to isolate t - 2 (causal 0.80).
+    "lru": {
+        "kwargs": {"state_dim": 256, "activation": "half_glu2"},
+        "pointer": 0.22,
+        "margin": 0.12,
+    },
+    "s5": {
+        "kwargs": {
+            "state_dim": 32,
+            "blocks": 4,
+            "dt_min": 0.01,
+            "dt_max": 1.0,
+            "activation": "half_glu2",
+        },
+        "pointer": 0.22,
+        "margin": 0.12,
+    },
     # Single-head gated attention over the EMA's output: a content lookup, learnt slowly from
     # Mega's near-zero query/key scales at init, N(0, 0.02) (0.27 at 300 steps, 1.00 at 600
     # and 900; causal 1.00 at 300).

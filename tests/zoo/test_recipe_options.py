@@ -121,11 +121,9 @@ def test_s5_lra_preset(task):
     depth, width, state, dropout, lr, ssm_lr, batch, epochs, wd = S5[task]
     config = get_config(task, "s5", "lra")
     assert (config["num_layers"], config["embed_dim"], config["dropout"]) == (depth, width, dropout)
-    assert (config["learning_rate"], config["weight_decay"], config["batch_size"]) == (
-        lr,
-        wd,
-        batch,
-    )
+    # S5's scripts give the learning rate as lr_factor * ssm_lr: equal up to round-off.
+    assert config["learning_rate"] == pytest.approx(lr, rel=1e-12)
+    assert (config["weight_decay"], config["batch_size"]) == (wd, batch)
     assert config["num_train_steps"] == epochs * config["eval_every"]
     assert (config["norm"], config["pooling"]) == ("batch", "mean")
     grid = TASKS[task].get("grid", False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from lra_keras.layers.attention import attention_utils
-from lra_keras.layers.attention.base_attention import (
+from lra_keras.layers.attention.mha_contract import (
     check_attention_dropout,
     check_call_capabilities,
     check_input_shapes,

@@ -1,0 +1,206 @@
+"""The LRU against the paper's recurrence, run step by step in numpy (complex128)."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from lra_keras.layers import LRUMixing, get_attention
+from lra_keras.training.optimizers import GroupedAdamW, build_optimizer
+from tests.layers.reference import lengths_mask
+
+DIM, STATE = 6, 8
+
+
+def make_layer(length=9, **kwargs):
+    kwargs.setdefault("state_dim", STATE)
+    kwargs.setdefault("seed", 7)
+    layer = LRUMixing(**kwargs)
+    layer.build((2, length, DIM))
+    # Move every parameter off its initial value, so that each one is exercised.
+    rng = np.random.default_rng(3)
+    for var in layer.weights:
+        var.assign(var.numpy() + rng.normal(scale=0.2, size=var.shape).astype("float32"))
+    return layer
+
+
+def weights(layer):
+    return {v.path.split("/")[-1]: v.numpy().astype(np.float64) for v in layer.weights}
+
+
+def gelu(x):
+    # The tanh form (flax's default GELU, which S5 and the LRU's JAX code use).
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def lru_recurrence(u, nu_log, theta_log, gamma_log, b, c):
+    """Orvieto et al. (2023), eq. (1) and section 3: one sequence u [L, H], one direction.
+
+    lambda = exp(-exp(nu) + i exp(theta)); x_k = lambda x_{k-1} + gamma (B u_k);
+    returns Re(C x_k) [L, H].
+    """
+    lam = np.exp(-np.exp(nu_log) + 1j * np.exp(theta_log))
+    gamma = np.exp(gamma_log)
+    x = np.zeros(lam.shape, complex)
+    out = np.zeros(u.shape)
+    for k in range(u.shape[0]):
+        x = lam * x + gamma * (b @ u[k])
+        out[k] = np.real(c @ x)
+    return out
+
+
+def reference_ssm(u, layer, causal=False):
+    """The recurrence's output with the D skip, before the nonlinearity, for u [L, H]."""
+    w = weights(layer)
+    b = w["b"][..., 0] + 1j * w["b"][..., 1]  # [N, H]
+    c = w["c"][..., 0] + 1j * w["c"][..., 1]  # [dirs, H, N]
+    params = (w["nu_log"], w["theta_log"], w["gamma_log"], b)
+    y = lru_recurrence(u, *params, c[0])
+    if layer.bidirectional and not causal:
+        # The backward recurrence runs from the end; step k includes u_k, as the forward one.
+        y += lru_recurrence(u[::-1], *params, c[1])[::-1]
+    return y + w["d_skip"] * u
+
+
+def reference_layer(u, layer, causal=False):
+    """The whole layer: recurrence, GELU, then the gate of `layer.activation`."""
+    w = weights(layer)
+    y = reference_ssm(u, layer, causal)
+    g = gelu(y)
+    if layer.activation == "gelu":
+        return g
+    dense = g @ w["kernel"] + w["bias"]
+    if layer.activation == "full_glu":
+        return dense[:, :DIM] * sigmoid(dense[:, DIM:])
+    if layer.activation == "half_glu1":
+        return g * sigmoid(dense)
+    return y * sigmoid(dense)  # half_glu2
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("length", [1, 2, 9, 50])
+def test_scan_equals_the_recurrence(length, causal):
+    layer = make_layer(length)
+    u = np.random.default_rng(length).normal(size=(2, length, DIM)).astype("float32")
+    got = keras.ops.convert_to_numpy(layer.recurrence(keras.ops.convert_to_tensor(u), causal))
+    want = np.stack([reference_ssm(x.astype(np.float64), layer, causal) for x in u])
+    print(f"LRU scan vs loop (L={length}, causal={causal}): {np.abs(got - want).max():.2e}")
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("activation", ["full_glu", "half_glu1", "half_glu2", "gelu"])
+def test_whole_layer_with_masks_equals_reference(activation):
+    layer = make_layer(12, activation=activation)
+    u = np.random.default_rng(1).normal(size=(2, 12, DIM)).astype("float32")
+    mask = lengths_mask([12, 7], 12)
+    for causal in (False, True):
+        got = keras.ops.convert_to_numpy(
+            layer(u, u, query_mask=mask, value_mask=mask, use_causal_mask=causal)
+        )
+        for row, n in enumerate((12, 7)):
+            # The padded row is the unpadded sentence: nothing of the padding reaches it.
+            want = reference_layer(u[row, :n].astype(np.float64), layer, causal)
+            np.testing.assert_allclose(got[row, :n], want, atol=2e-5, rtol=1e-4)
+        np.testing.assert_array_equal(got[1, 7:], 0.0)
+
+
+def test_unidirectional_is_causal_and_bidirectional_sees_the_future():
+    x = np.random.default_rng(0).normal(size=(2, 16, DIM)).astype("float32")
+    changed = x.copy()
+    changed[:, 9:] += 1.0
+    layer = make_layer(16)
+    for causal in (True, False):
+        y = keras.ops.convert_to_numpy(layer(x, x, use_causal_mask=causal))
+        y2 = keras.ops.convert_to_numpy(layer(changed, changed, use_causal_mask=causal))
+        if causal:
+            np.testing.assert_allclose(y2[:, :9], y[:, :9], atol=1e-6)
+        else:
+            assert np.abs(y2[:, :9] - y[:, :9]).max() > 1e-3
+    one_way = make_layer(16, bidirectional=False)
+    assert one_way.c.shape[0] == 1
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(one_way(changed, changed))[:, :9],
+        keras.ops.convert_to_numpy(one_way(x, x))[:, :9],
+        atol=1e-6,
+    )
+
+
+def test_ring_initialisation_and_normalisation():
+    r_min, r_max, max_phase = 0.4, 0.8, math.pi / 4
+    layer = LRUMixing(state_dim=512, r_min=r_min, r_max=r_max, max_phase=max_phase, seed=2)
+    layer.build((1, 4, DIM))
+    w = weights(layer)
+    lam = np.exp(-np.exp(w["nu_log"]) + 1j * np.exp(w["theta_log"]))
+    radius, phase = np.abs(lam), np.angle(lam) % (2 * np.pi)
+    assert radius.min() >= r_min - 1e-6 and radius.max() <= r_max + 1e-6
+    assert phase.min() >= 0 and phase.max() <= max_phase + 1e-6
+    # Uniform on the ring: |lambda|^2 uniform in [r_min^2, r_max^2] (mean and spread).
+    assert abs(np.mean(radius**2) - (r_min**2 + r_max**2) / 2) < 0.02
+    assert abs(np.mean(phase) - max_phase / 2) < 0.05
+    np.testing.assert_allclose(np.exp(w["gamma_log"]), np.sqrt(1 - radius**2), rtol=1e-5)
+    # B and C: complex normal with variance 1/(2H) and 1/N in each part; D standard normal.
+    assert abs(np.std(w["b"]) - 1 / np.sqrt(2 * DIM)) < 0.02
+    assert abs(np.std(w["c"]) - 1 / np.sqrt(512)) < 0.005
+    assert not np.allclose(w["b"][..., 0], w["b"][..., 1])
+
+
+def test_long_memory_stays_finite_and_normalised():
+    # |lambda| close to 1: gamma keeps the state's scale; 2000 steps in float32 stay finite.
+    layer = LRUMixing(state_dim=16, r_min=0.999, r_max=0.9999, seed=1)
+    x = np.random.default_rng(0).normal(size=(1, 2000, DIM)).astype("float32")
+    layer.build(x.shape)
+    y = keras.ops.convert_to_numpy(layer.recurrence(keras.ops.convert_to_tensor(x)))
+    assert np.all(np.isfinite(y)) and np.abs(y).max() < 100
+
+
+def test_state_space_variables_reach_the_grouped_optimizer():
+    layer = make_layer(4)
+    names = sorted(v.path.split("/")[-1] for v in layer.state_space_variables)
+    assert names == ["gamma_log", "nu_log", "theta_log"]
+    inputs = keras.Input((4, DIM))
+    model = keras.Model(inputs, get_attention("lru", state_dim=4, seed=1)(inputs, inputs))
+    optimizer = build_optimizer(model, 1e-2, learning_rate=1e-2, weight_decay=0.1)
+    assert isinstance(optimizer, GroupedAdamW)
+    (variables, multiplier) = optimizer._lr_groups[0]
+    assert len(variables) == 3 and multiplier == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"state_dim": 0}, "state_dim"),
+        ({"state_dim": 4.0}, "state_dim"),
+        ({"r_min": 0.9, "r_max": 0.5}, "r_min.*r_max"),
+        ({"r_max": 1.0}, "r_max"),
+        ({"r_min": -0.1}, "r_min"),
+        ({"r_min": "0.5"}, "r_min"),
+        ({"max_phase": 0.0}, "max_phase"),
+        ({"max_phase": 7.0}, "max_phase"),
+        ({"activation": "relu"}, "activation"),
+        ({"ssm_learning_rate": 0.0}, "ssm_learning_rate"),
+    ],
+)
+def test_bad_hyperparameters_are_refused_by_name(bad, match):
+    with pytest.raises(ValueError, match=match):
+        LRUMixing(**bad)
+
+
+def test_mixed_precision_keeps_the_recurrence_in_float32():
+    x = np.random.default_rng(0).normal(size=(2, 64, DIM)).astype("float32")
+    reference = get_attention("lru", state_dim=8, r_min=0.99, r_max=0.999, seed=4)
+    y32 = keras.ops.convert_to_numpy(reference(x, x))
+    layer = get_attention(
+        "lru", state_dim=8, r_min=0.99, r_max=0.999, seed=4, dtype="mixed_bfloat16"
+    )
+    layer(x, x)
+    layer.set_weights(reference.get_weights())
+    y = layer(x, x)
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+    assert all(v.dtype == "float32" for v in layer.state_space_variables + [layer.b, layer.c])
+    error = np.abs(np.asarray(y, np.float32) - y32).max() / np.abs(y32).max()
+    assert error < 2e-2
