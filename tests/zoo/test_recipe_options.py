@@ -109,6 +109,19 @@ MEGA = {
 }
 
 
+# Orvieto et al. 2023 (arXiv 2303.06349) appendix D.2 Table 9: depth, H, N, iterations, batch,
+# LR factor, weight decay, dropout; appendix C.3 Table 8 (LRU row): r_min, r_max; appendix
+# D.1: bidirectional on PathFinder and PathX only.
+LRU = {
+    "image": (6, 512, 384, 180000, 50, 0.25, 0.05, 0.1, 0.9, 0.999, False),
+    "listops": (6, 128, 256, 80000, 32, 0.5, 0.05, 0.0, 0.0, 0.99, False),
+    "text": (6, 256, 192, 50000, 32, 0.1, 0.05, 0.1, 0.5, 0.9, False),
+    "retrieval": (6, 128, 256, 100000, 64, 0.5, 0.05, 0.1, 0.5, 0.9, False),
+    "pathfinder": (6, 192, 256, 500000, 64, 0.25, 0.05, 0.0, 0.9, 0.999, True),
+    "pathx": (6, 128, 256, 250000, 32, 0.25, 0.05, 0.0, 0.999, 0.9999, True),
+}
+
+
 def _needs(name):
     if name not in ATTENTIONS:
         pytest.skip(f"the `{name}` mixer is not registered on this branch")
@@ -150,12 +163,36 @@ def test_mega_lra_preset(task):
     assert config["pooling"] == "mean" and config["grad_clip_norm"] == 1.0
 
 
-@pytest.mark.parametrize("task", sorted(S5))
-def test_lru_preset_is_s4ds_until_its_table_is_cited(task):
+@pytest.mark.parametrize("task", sorted(LRU))
+def test_lru_lra_preset_is_the_papers_table(task):
     _needs("lru")
-    lru, s4d = get_config(task, "lru", "lra"), get_config(task, "s4d", "lra")
-    for key in ("num_layers", "embed_dim", "learning_rate", "batch_size", "num_train_steps"):
-        assert lru[key] == s4d[key]
+    depth, width, state, steps, batch, factor, wd, dropout, r_min, r_max, bidirectional = LRU[task]
+    config = get_config(task, "lru", "lra")
+    assert (config["num_layers"], config["embed_dim"]) == (depth, width)
+    assert config["dropout"] == config["attention_dropout"] == dropout
+    assert (config["num_train_steps"], config["batch_size"]) == (steps, batch)
+    assert config["warmup_steps"] == steps // 10 and config["weight_decay"] == wd
+    assert (config["norm"], config["schedule"]) == ("batch", "cosine")
+    kwargs = config["attention_kwargs"]
+    assert (kwargs["state_dim"], kwargs["r_min"], kwargs["r_max"]) == (state, r_min, r_max)
+    assert kwargs["bidirectional"] == bidirectional
+    # The base learning rate is not in the paper (S4D's stands in); the factor is.
+    assert kwargs["ssm_learning_rate"] == pytest.approx(factor * config["learning_rate"])
+    phase = np.pi / 10 if task == "pathx" else 2 * np.pi
+    assert kwargs["max_phase"] == pytest.approx(phase)
+    assert kwargs["activation"] == ("half_glu1" if task == "pathx" else "full_glu")
+
+
+def test_lru_preset_builds_the_papers_ring():
+    _needs("lru")
+    for alias, task in (("pathfinder64", "pathfinder"), ("pathfinder256", "pathx")):
+        assert (
+            get_config(alias, "lru", "lra")["attention_kwargs"]
+            == get_config(task, "lru", "lra")["attention_kwargs"]
+        )
+    kwargs = get_config("pathx", "lru", "lra")["attention_kwargs"]
+    layer = ATTENTIONS["lru"](num_heads=1, key_dim=16, **kwargs)
+    assert (layer.r_min, layer.r_max, layer.bidirectional) == (0.999, 0.9999, True)
 
 
 def test_s4d_lra_preset_now_applies_batch_norm_and_pixel_encoding():
