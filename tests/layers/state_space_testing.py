@@ -123,16 +123,42 @@ def assert_outputs_ignore_the_padded_length(layer, dim):
     np.testing.assert_array_equal(y_long[:, 11:], 0.0)
 
 
-def outputs_on_backends(code: str, directory, backends=("jax", "tensorflow")) -> dict:
-    """Runs `code` once per Keras backend in a fresh process (on CPU) and loads what it saved.
+def recurrence_of_layer(layer, u, causal):
+    """The scan's output (`layer.recurrence`, before the nonlinearity) for numpy `u`."""
+    return keras.ops.convert_to_numpy(layer.recurrence(keras.ops.convert_to_tensor(u), causal))
 
-    `code` saves one array with `np.save(sys.argv[1], ...)`; the result maps each backend to
-    its array.
-    """
+
+# Builds `get_attention(name, **config)` for each config, sets its weights from numpy (Keras'
+# seeded initializers draw differently per backend) and saves the masked outputs, not causal
+# then causal, of every config stacked into one array.
+_BACKEND_SCRIPT = """
+import sys
+import keras
+import numpy as np
+from lra_keras.layers import get_attention
+outs = []
+for config in {configs!r}:
+    layer = get_attention({name!r}, **config)
+    x = np.random.default_rng(0).normal(size=(2, 19, 6)).astype("float32")
+    m = np.arange(19)[None] < np.array([[19], [11]])
+    layer.build(x.shape)
+    rng = np.random.default_rng(1)
+    layer.set_weights([rng.normal(size=w.shape) * 0.5 for w in layer.get_weights()])
+    for causal in (False, True):
+        y = layer(x, x, query_mask=m, value_mask=m, use_causal_mask=causal)
+        outs.append(keras.ops.convert_to_numpy(y))
+np.save(sys.argv[1], np.stack(outs))
+"""
+
+
+def assert_jax_matches_tensorflow(name: str, configs, directory) -> None:
+    """The variant `name` built from each config gives the same outputs (masked, causal and
+    not) on the JAX and TensorFlow backends, each run in a fresh process on CPU."""
+    code = _BACKEND_SCRIPT.format(name=name, configs=list(configs))
     outputs = {}
-    for backend in backends:
+    for backend in ("jax", "tensorflow"):
         path = os.path.join(str(directory), f"{backend}.npy")
         env = dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="")
         subprocess.run([sys.executable, "-c", code, path], env=env, check=True, timeout=300)
         outputs[backend] = np.load(path)
-    return outputs
+    np.testing.assert_allclose(outputs["jax"], outputs["tensorflow"], atol=1e-5)

@@ -13,6 +13,7 @@ from tests.layers.state_space_testing import (
     assert_masked_layer_equals_reference,
     assert_parallel_equals_loop,
     move_weights,
+    recurrence_of_layer,
     sequence_layer,
     weights,
 )
@@ -63,14 +64,11 @@ def reference_layer(u, layer, causal=False):
     return sequence_layer(reference_ssm(u, layer, causal), layer)
 
 
-def scan(layer, u, causal):
-    return keras.ops.convert_to_numpy(layer.recurrence(keras.ops.convert_to_tensor(u), causal))
-
-
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("length", [1, 2, 9, 50])
 def test_scan_equals_the_recurrence(length, causal):
     layer = make_layer(length)
+    scan = recurrence_of_layer
     assert_parallel_equals_loop("LRU scan vs loop", scan, reference_ssm, layer, length, causal, DIM)
 
 

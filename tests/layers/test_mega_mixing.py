@@ -11,10 +11,10 @@ from lra_keras.layers import MegaMixing, get_attention
 from lra_keras.training.optimizers import GroupedAdamW, build_optimizer
 from tests.layers.reference import lengths_mask
 from tests.layers.state_space_testing import (
+    assert_jax_matches_tensorflow,
     assert_outputs_ignore_the_padded_length,
     assert_parallel_equals_loop,
     move_weights,
-    outputs_on_backends,
     sigmoid,
     silu,
     weights,
@@ -370,21 +370,6 @@ def test_jax_backend_matches_tensorflow(tmp_path):
 
     The weights are set from numpy: Keras' seeded initializers draw differently per backend.
     """
-    code = (
-        "import numpy as np, keras\n"
-        "from lra_keras.layers import get_attention\n"
-        "outs = []\n"
-        "for kw in ({}, {'chunk_size': 4, 'attention_activation': 'laplace'}):\n"
-        "    layer = get_attention('mega', ema_dim=4, z_dim=6, hidden_dim=10, seed=5, **kw)\n"
-        "    x = np.random.default_rng(0).normal(size=(2, 19, 6)).astype('float32')\n"
-        "    m = np.arange(19)[None] < np.array([[19], [11]])\n"
-        "    layer.build(x.shape)\n"
-        "    rng = np.random.default_rng(1)\n"
-        "    layer.set_weights([rng.normal(size=w.shape) * 0.5 for w in layer.get_weights()])\n"
-        "    for causal in (False, True):\n"
-        "        y = layer(x, x, query_mask=m, value_mask=m, use_causal_mask=causal)\n"
-        "        outs.append(keras.ops.convert_to_numpy(y))\n"
-        "np.save(__import__('sys').argv[1], np.stack(outs))\n"
-    )
-    outputs = outputs_on_backends(code, tmp_path)
-    np.testing.assert_allclose(outputs["jax"], outputs["tensorflow"], atol=1e-5)
+    base = {"ema_dim": 4, "z_dim": 6, "hidden_dim": 10, "seed": 5}
+    chunked = dict(base, chunk_size=4, attention_activation="laplace")
+    assert_jax_matches_tensorflow("mega", [base, chunked], tmp_path)

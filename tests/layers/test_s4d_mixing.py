@@ -9,10 +9,10 @@ import pytest
 from lra_keras.layers import S4DMixing, get_attention
 from tests.layers.state_space_testing import (
     assert_causal_and_bidirectional,
+    assert_jax_matches_tensorflow,
     assert_outputs_ignore_the_padded_length,
     assert_parallel_equals_loop,
     move_weights,
-    outputs_on_backends,
     weights,
 )
 
@@ -185,19 +185,4 @@ def test_jax_backend_matches_tensorflow(tmp_path):
 
     The weights are set from numpy: Keras' seeded initializers draw differently per backend.
     """
-    code = (
-        "import numpy as np, keras\n"
-        "from lra_keras.layers import get_attention\n"
-        "layer = get_attention('s4d', state_dim=8, seed=5)\n"
-        "x = np.random.default_rng(0).normal(size=(2, 19, 6)).astype('float32')\n"
-        "m = np.arange(19)[None] < np.array([[19], [11]])\n"
-        "layer.build(x.shape)\n"
-        "rng = np.random.default_rng(1)\n"
-        "layer.set_weights([rng.normal(size=w.shape) * 0.5 for w in layer.get_weights()])\n"
-        "y = layer(x, x, query_mask=m, value_mask=m)\n"
-        "y2 = layer(x, x, query_mask=m, value_mask=m, use_causal_mask=True)\n"
-        "out = [keras.ops.convert_to_numpy(t) for t in (y, y2)]\n"
-        "np.save(__import__('sys').argv[1], np.stack(out))\n"
-    )
-    outputs = outputs_on_backends(code, tmp_path)
-    np.testing.assert_allclose(outputs["jax"], outputs["tensorflow"], atol=1e-5)
+    assert_jax_matches_tensorflow("s4d", [{"state_dim": 8, "seed": 5}], tmp_path)
