@@ -8,7 +8,15 @@ import pytest
 
 from lra_keras.layers import LRUMixing, get_attention
 from lra_keras.training.optimizers import GroupedAdamW, build_optimizer
-from tests.layers.reference import lengths_mask
+from tests.layers.state_space_testing import (
+    assert_causal_and_bidirectional,
+    assert_masked_layer_equals_reference,
+    assert_parallel_equals_loop,
+    move_weights,
+    recurrence_of_layer,
+    sequence_layer,
+    weights,
+)
 
 DIM, STATE = 6, 8
 
@@ -18,24 +26,8 @@ def make_layer(length=9, **kwargs):
     kwargs.setdefault("seed", 7)
     layer = LRUMixing(**kwargs)
     layer.build((2, length, DIM))
-    # Move every parameter off its initial value, so that each one is exercised.
-    rng = np.random.default_rng(3)
-    for var in layer.weights:
-        var.assign(var.numpy() + rng.normal(scale=0.2, size=var.shape).astype("float32"))
+    move_weights(layer.weights)
     return layer
-
-
-def weights(layer):
-    return {v.path.split("/")[-1]: v.numpy().astype(np.float64) for v in layer.weights}
-
-
-def gelu(x):
-    # The tanh form (flax's default GELU, which S5 and the LRU's JAX code use).
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
-
-
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 def lru_recurrence(u, nu_log, theta_log, gamma_log, b, c):
@@ -69,65 +61,26 @@ def reference_ssm(u, layer, causal=False):
 
 def reference_layer(u, layer, causal=False):
     """The whole layer: recurrence, GELU, then the gate of `layer.activation`."""
-    w = weights(layer)
-    y = reference_ssm(u, layer, causal)
-    g = gelu(y)
-    if layer.activation == "gelu":
-        return g
-    dense = g @ w["kernel"] + w["bias"]
-    if layer.activation == "full_glu":
-        return dense[:, :DIM] * sigmoid(dense[:, DIM:])
-    if layer.activation == "half_glu1":
-        return g * sigmoid(dense)
-    return y * sigmoid(dense)  # half_glu2
+    return sequence_layer(reference_ssm(u, layer, causal), layer)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("length", [1, 2, 9, 50])
 def test_scan_equals_the_recurrence(length, causal):
     layer = make_layer(length)
-    u = np.random.default_rng(length).normal(size=(2, length, DIM)).astype("float32")
-    got = keras.ops.convert_to_numpy(layer.recurrence(keras.ops.convert_to_tensor(u), causal))
-    want = np.stack([reference_ssm(x.astype(np.float64), layer, causal) for x in u])
-    print(f"LRU scan vs loop (L={length}, causal={causal}): {np.abs(got - want).max():.2e}")
-    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+    scan = recurrence_of_layer
+    assert_parallel_equals_loop("LRU scan vs loop", scan, reference_ssm, layer, length, causal, DIM)
 
 
 @pytest.mark.parametrize("activation", ["full_glu", "half_glu1", "half_glu2", "gelu"])
 def test_whole_layer_with_masks_equals_reference(activation):
     layer = make_layer(12, activation=activation)
-    u = np.random.default_rng(1).normal(size=(2, 12, DIM)).astype("float32")
-    mask = lengths_mask([12, 7], 12)
-    for causal in (False, True):
-        got = keras.ops.convert_to_numpy(
-            layer(u, u, query_mask=mask, value_mask=mask, use_causal_mask=causal)
-        )
-        for row, n in enumerate((12, 7)):
-            # The padded row is the unpadded sentence: nothing of the padding reaches it.
-            want = reference_layer(u[row, :n].astype(np.float64), layer, causal)
-            np.testing.assert_allclose(got[row, :n], want, atol=2e-5, rtol=1e-4)
-        np.testing.assert_array_equal(got[1, 7:], 0.0)
+    assert_masked_layer_equals_reference(layer, reference_layer, DIM)
 
 
 def test_unidirectional_is_causal_and_bidirectional_sees_the_future():
-    x = np.random.default_rng(0).normal(size=(2, 16, DIM)).astype("float32")
-    changed = x.copy()
-    changed[:, 9:] += 1.0
-    layer = make_layer(16)
-    for causal in (True, False):
-        y = keras.ops.convert_to_numpy(layer(x, x, use_causal_mask=causal))
-        y2 = keras.ops.convert_to_numpy(layer(changed, changed, use_causal_mask=causal))
-        if causal:
-            np.testing.assert_allclose(y2[:, :9], y[:, :9], atol=1e-6)
-        else:
-            assert np.abs(y2[:, :9] - y[:, :9]).max() > 1e-3
-    one_way = make_layer(16, bidirectional=False)
+    one_way = assert_causal_and_bidirectional(make_layer, DIM)
     assert one_way.c.shape[0] == 1
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(one_way(changed, changed))[:, :9],
-        keras.ops.convert_to_numpy(one_way(x, x))[:, :9],
-        atol=1e-6,
-    )
 
 
 def test_ring_initialisation_and_normalisation():

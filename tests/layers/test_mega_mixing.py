@@ -1,9 +1,6 @@
 """Mega against the paper's definitions, written out in numpy (float64, Python loops)."""
 
 import math
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -13,6 +10,15 @@ from scipy.special import erf
 from lra_keras.layers import MegaMixing, get_attention
 from lra_keras.training.optimizers import GroupedAdamW, build_optimizer
 from tests.layers.reference import lengths_mask
+from tests.layers.state_space_testing import (
+    assert_jax_matches_tensorflow,
+    assert_outputs_ignore_the_padded_length,
+    assert_parallel_equals_loop,
+    move_weights,
+    sigmoid,
+    silu,
+    weights,
+)
 
 DIM, EMA, Z, HIDDEN = 6, 4, 4, 10
 
@@ -26,23 +32,8 @@ def make_layer(length=13, **kwargs):
     layer.build((2, length, DIM))
     # Move every weight off its initial value (the Q/K scales and the biases start at ~0 or 0,
     # which would hide a wrong term); decays stay in (0, 1) through the sigmoids.
-    rng = np.random.default_rng(3)
-    for var in layer.weights:
-        scale = 0.5 if "projection" in var.path else 0.8
-        var.assign(var.numpy() + rng.normal(scale=scale, size=var.shape).astype("float32"))
+    move_weights(layer.weights, scale=lambda var: 0.5 if "projection" in var.path else 0.8)
     return layer
-
-
-def weights(layer):
-    return {v.path.split("/", 1)[-1]: v.numpy().astype(np.float64) for v in layer.weights}
-
-
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def silu(x):
-    return x * sigmoid(x)
 
 
 # ------------------------------------------------------------------ the EMA, step by step
@@ -89,15 +80,16 @@ def reference_ema(x, layer, causal):
     return y + x * weights(layer)["omega"]
 
 
+def ema_of_layer(layer, x, causal):
+    return keras.ops.convert_to_numpy(layer.ema(keras.ops.convert_to_tensor(x), causal))
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("length", [1, 9, 50])
 def test_ema_equals_the_recurrence(length, causal):
     layer = make_layer(length)
-    x = np.random.default_rng(length).normal(size=(2, length, DIM)).astype("float32")
-    got = keras.ops.convert_to_numpy(layer.ema(keras.ops.convert_to_tensor(x), causal))
-    want = np.stack([reference_ema(s.astype(np.float64), layer, causal) for s in x])
-    print(f"EMA recurrence vs FFT (L={length}, causal={causal}): {np.abs(got - want).max():.2e}")
-    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+    label = "EMA recurrence vs FFT"
+    assert_parallel_equals_loop(label, ema_of_layer, reference_ema, layer, length, causal, DIM)
 
 
 def test_one_directional_ema_is_the_forward_recurrence():
@@ -277,14 +269,7 @@ def test_ema_spans_chunks_and_attention_does_not():
 
 
 def test_real_outputs_do_not_depend_on_the_padded_length():
-    layer = make_layer(20, chunk_size=4)
-    x = np.random.default_rng(2).normal(size=(1, 11, DIM)).astype("float32")
-    y_short = keras.ops.convert_to_numpy(layer(x, x))
-    padded = np.concatenate([x, np.full((1, 9, DIM), 7.0, "float32")], axis=1)
-    mask = lengths_mask([11], 20)
-    y_long = keras.ops.convert_to_numpy(layer(padded, padded, query_mask=mask, value_mask=mask))
-    np.testing.assert_allclose(y_long[:, :11], y_short, atol=1e-5)
-    np.testing.assert_array_equal(y_long[:, 11:], 0.0)
+    assert_outputs_ignore_the_padded_length(make_layer(20, chunk_size=4), DIM)
 
 
 def test_non_finite_real_input_propagates():
@@ -385,27 +370,6 @@ def test_jax_backend_matches_tensorflow(tmp_path):
 
     The weights are set from numpy: Keras' seeded initializers draw differently per backend.
     """
-    code = (
-        "import numpy as np, keras\n"
-        "from lra_keras.layers import get_attention\n"
-        "outs = []\n"
-        "for kw in ({}, {'chunk_size': 4, 'attention_activation': 'laplace'}):\n"
-        "    layer = get_attention('mega', ema_dim=4, z_dim=6, hidden_dim=10, seed=5, **kw)\n"
-        "    x = np.random.default_rng(0).normal(size=(2, 19, 6)).astype('float32')\n"
-        "    m = np.arange(19)[None] < np.array([[19], [11]])\n"
-        "    layer.build(x.shape)\n"
-        "    rng = np.random.default_rng(1)\n"
-        "    layer.set_weights([rng.normal(size=w.shape) * 0.5 for w in layer.get_weights()])\n"
-        "    for causal in (False, True):\n"
-        "        y = layer(x, x, query_mask=m, value_mask=m, use_causal_mask=causal)\n"
-        "        outs.append(keras.ops.convert_to_numpy(y))\n"
-        "np.save(__import__('sys').argv[1], np.stack(outs))\n"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    outputs = {}
-    for backend in ("jax", "tensorflow"):
-        path = str(tmp_path / f"mega_{backend}.npy")
-        env = dict(os.environ, PYTHONPATH=root, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="")
-        subprocess.run([sys.executable, "-c", code, path], env=env, check=True, timeout=300)
-        outputs[backend] = np.load(path)
-    np.testing.assert_allclose(outputs["jax"], outputs["tensorflow"], atol=1e-5)
+    base = {"ema_dim": 4, "z_dim": 6, "hidden_dim": 10, "seed": 5}
+    chunked = dict(base, chunk_size=4, attention_activation="laplace")
+    assert_jax_matches_tensorflow("mega", [base, chunked], tmp_path)

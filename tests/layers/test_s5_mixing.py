@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from lra_keras.layers import S5Mixing, get_attention
-from tests.layers.reference import lengths_mask
-from tests.layers.test_lru_mixing import gelu, sigmoid
+from tests.layers.state_space_testing import (
+    assert_causal_and_bidirectional,
+    assert_masked_layer_equals_reference,
+    assert_parallel_equals_loop,
+    move_weights,
+    recurrence_of_layer,
+    sequence_layer,
+    weights,
+)
 
 DIM, STATE, BLOCKS = 6, 8, 2
 
@@ -20,16 +27,10 @@ def make_layer(length=9, **kwargs):
     layer = S5Mixing(**kwargs)
     layer.build((2, length, DIM))
     # Move every parameter off its initial value, and the steps into [0.01, 0.3].
-    rng = np.random.default_rng(3)
-    for var in layer.weights:
-        var.assign(var.numpy() + rng.normal(scale=0.2, size=var.shape).astype("float32"))
+    rng = move_weights(layer.weights)
     steps = rng.uniform(math.log(0.01), math.log(0.3), size=layer.log_step.shape)
     layer.log_step.assign(steps.astype("float32"))
     return layer
-
-
-def weights(layer):
-    return {v.path.split("/")[-1]: v.numpy().astype(np.float64) for v in layer.weights}
 
 
 def discretised_system(layer):
@@ -78,28 +79,15 @@ def reference_ssm(u, layer, causal=False):
 
 def reference_layer(u, layer, causal=False):
     """S5's SequenceLayer (s5/layers.py) after the SSM, with its activation choices."""
-    w = weights(layer)
-    y = reference_ssm(u, layer, causal)
-    g = gelu(y)
-    if layer.activation == "gelu":
-        return g
-    dense = g @ w["kernel"] + w["bias"]
-    if layer.activation == "full_glu":
-        return dense[:, :DIM] * sigmoid(dense[:, DIM:])
-    if layer.activation == "half_glu1":
-        return g * sigmoid(dense)
-    return y * sigmoid(dense)
+    return sequence_layer(reference_ssm(u, layer, causal), layer)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("length", [1, 2, 9, 50])
 def test_scan_equals_the_recurrence(length, causal):
     layer = make_layer(length)
-    u = np.random.default_rng(length).normal(size=(2, length, DIM)).astype("float32")
-    got = keras.ops.convert_to_numpy(layer.recurrence(keras.ops.convert_to_tensor(u), causal))
-    want = np.stack([reference_ssm(x.astype(np.float64), layer, causal) for x in u])
-    print(f"S5 scan vs loop (L={length}, causal={causal}): {np.abs(got - want).max():.2e}")
-    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+    scan = recurrence_of_layer
+    assert_parallel_equals_loop("S5 scan vs loop", scan, reference_ssm, layer, length, causal, DIM)
 
 
 @pytest.mark.parametrize(
@@ -116,16 +104,7 @@ def test_whole_layer_with_masks_equals_reference(overrides):
     if layer.clip_eigs:
         # One eigenvalue in the right half-plane, which the clip must pull back.
         layer.lambda_re.assign(np.where(np.arange(4) == 0, 0.3, -0.5).astype("float32"))
-    u = np.random.default_rng(1).normal(size=(2, 12, DIM)).astype("float32")
-    mask = lengths_mask([12, 7], 12)
-    for causal in (False, True):
-        got = keras.ops.convert_to_numpy(
-            layer(u, u, query_mask=mask, value_mask=mask, use_causal_mask=causal)
-        )
-        for row, n in enumerate((12, 7)):
-            want = reference_layer(u[row, :n].astype(np.float64), layer, causal)
-            np.testing.assert_allclose(got[row, :n], want, atol=2e-5, rtol=1e-4)
-        np.testing.assert_array_equal(got[1, 7:], 0.0)
+    assert_masked_layer_equals_reference(layer, reference_layer, DIM)
 
 
 def hippo_legs_normal_eigenvalues(n):
@@ -178,23 +157,8 @@ def test_b_tilde_is_v_inverse_of_a_real_b():
 
 
 def test_unidirectional_is_causal_and_bidirectional_sees_the_future():
-    x = np.random.default_rng(0).normal(size=(2, 16, DIM)).astype("float32")
-    changed = x.copy()
-    changed[:, 9:] += 1.0
-    layer = make_layer(16)
-    for causal in (True, False):
-        y = keras.ops.convert_to_numpy(layer(x, x, use_causal_mask=causal))
-        y2 = keras.ops.convert_to_numpy(layer(changed, changed, use_causal_mask=causal))
-        if causal:
-            np.testing.assert_allclose(y2[:, :9], y[:, :9], atol=1e-6)
-        else:
-            assert np.abs(y2[:, :9] - y[:, :9]).max() > 1e-3
-    one_way = make_layer(16, bidirectional=False)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(one_way(changed, changed))[:, :9],
-        keras.ops.convert_to_numpy(one_way(x, x))[:, :9],
-        atol=1e-6,
-    )
+    one_way = assert_causal_and_bidirectional(make_layer, DIM)
+    assert one_way.c.shape[0] == 1
 
 
 def test_state_space_variables():

@@ -5,17 +5,12 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from lra_keras.layers.attention import attention_utils
-from lra_keras.layers.attention.base_attention import BaseAttention
+from lra_keras.layers.attention import attention_utils, state_space_utils
+from lra_keras.layers.attention.state_space_utils import complex_mul
 from lra_keras.layers.attention.token_mixer import TokenMixer
 
 # S5's `activation_fn` choices (github.com/lindermanlab/S5, s5/layers.py, SequenceLayer).
 ACTIVATIONS = ("full_glu", "half_glu1", "half_glu2", "gelu")
-
-
-def complex_mul(a_re, a_im, b_re, b_im):
-    """(a_re + i a_im)(b_re + i b_im) as a (real, imaginary) pair."""
-    return a_re * b_re - a_im * b_im, a_re * b_im + a_im * b_re
 
 
 def _combine(earlier, later):
@@ -134,8 +129,7 @@ class LinearRecurrenceMixer(TokenMixer):
     # Its `dropout` (S5's, after the GELU and after the gate) is applied in training, so the
     # zoo passes the preset's attention dropout on as it does for attention probabilities.
     has_attention_probabilities = True
-    # The base's seeded clones of the initializers, one offset per weight.
-    _next_seed_offset = BaseAttention._next_seed_offset
+    _needs_known_width = True
     # The registry name, set by `register_attention`.
     attention_name = "linear_recurrence"
     # Re(C x) is doubled for conjugate-symmetric states (S5), taken once otherwise (LRU).
@@ -158,13 +152,11 @@ class LinearRecurrenceMixer(TokenMixer):
             raise ValueError(
                 f"{name}: `activation` must be one of {ACTIVATIONS}, got {activation!r}."
             )
-        if ssm_learning_rate is not None and not float(ssm_learning_rate) > 0:
-            raise ValueError(
-                f"{name}: `ssm_learning_rate` must be None or > 0, got {ssm_learning_rate!r}."
-            )
+        self.ssm_learning_rate = state_space_utils.checked_ssm_learning_rate(
+            ssm_learning_rate, name
+        )
         self.bidirectional = bool(bidirectional)
         self.activation = activation
-        self.ssm_learning_rate = None if ssm_learning_rate is None else float(ssm_learning_rate)
         # S5 drops whole channels for the whole sequence (flax Dropout, broadcast_dims=[0]).
         self._dropout_layer = keras.layers.Dropout(
             rate=self.dropout, noise_shape=(None, 1, None), seed=self.seed, dtype=self.dtype_policy
@@ -172,32 +164,9 @@ class LinearRecurrenceMixer(TokenMixer):
 
     # ------------------------------------------------------------------ build
 
-    def _check_shapes(self, query_shape, value_shape, key_shape):
-        super()._check_shapes(query_shape, value_shape, key_shape)
-        if query_shape[-1] is None:
-            raise ValueError(
-                f"{type(self).__name__}: the input's last dimension must be known, got shape "
-                f"{tuple(query_shape)}."
-            )
-
     @property
     def directions(self) -> int:
         return 2 if self.bidirectional else 1
-
-    def _seeded(self, initializer):
-        """`initializer` with its own seed (the layer's seed + a per-weight offset), if seeded."""
-        if self.seed is None:
-            return initializer
-        config = initializer.get_config()
-        config["seed"] = int(self.seed) + 1000 + self._next_seed_offset()
-        return initializer.__class__.from_config(config)
-
-    def _float32_weight(self, name, shape, initializer):
-        # Recurrence parameters stay float32 under any policy (autocast=False): Lambda^k over
-        # 16K steps in float16 would be meaningless.
-        return self.add_weight(
-            name=name, shape=shape, initializer=initializer, dtype="float32", autocast=False
-        )
 
     def _build_mixer(self, dim):
         self._build_recurrence(dim)
@@ -207,7 +176,7 @@ class LinearRecurrenceMixer(TokenMixer):
         if self.activation == "gelu":
             self._output_dense = None
             return
-        sublayer = BaseAttention._sublayer_kwargs(self)
+        sublayer = self._sublayer_kwargs()
         sublayer["kernel_initializer"] = self._seeded(sublayer["kernel_initializer"])
         # full_glu's two Dense(dim) as one Dense(2 dim), split in two.
         width = 2 * dim if self.activation == "full_glu" else dim

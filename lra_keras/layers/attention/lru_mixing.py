@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from lra_keras.layers.attention import state_space_utils
 from lra_keras.layers.attention.linear_recurrence_mixer import LinearRecurrenceMixer
 from lra_keras.layers.attention.registry import register_attention
 
@@ -130,9 +131,7 @@ class LRUMixing(LinearRecurrenceMixer):
             **kwargs,
         )
         name = type(self).__name__
-        for arg, value in (("r_min", r_min), ("r_max", r_max), ("max_phase", max_phase)):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name}: `{arg}` must be a number, got {value!r}.")
+        state_space_utils.check_numbers(name, r_min=r_min, r_max=r_max, max_phase=max_phase)
         if not (0.0 <= float(r_min) < float(r_max) < 1.0):
             raise ValueError(
                 f"{name}: `r_min` and `r_max` must satisfy 0 <= r_min < r_max < 1 (the ring "

@@ -7,8 +7,8 @@ import math
 import keras
 from keras import ops
 
-from lra_keras.layers.attention import attention_utils
-from lra_keras.layers.attention.base_attention import BaseAttention, capability_error
+from lra_keras.layers.attention import attention_utils, state_space_utils
+from lra_keras.layers.attention.base_attention import capability_error
 from lra_keras.layers.attention.registry import register_attention
 from lra_keras.layers.attention.token_mixer import TokenMixer
 
@@ -19,10 +19,6 @@ RELATIVE_POSITIONS = ("simple", "rotary")
 # writes them.
 LAPLACE_MU = 0.707107
 LAPLACE_SIGMA = 0.282095
-
-
-def _ceil_div(a, b):
-    return (a + b - 1) // b
 
 
 @register_attention("mega")
@@ -154,8 +150,7 @@ class MegaMixing(TokenMixer):
     # Mega has its own relative position bias (`relative_position`); no rotary on top.
     supports_rotary = False
     has_attention_probabilities = True
-    # The base's seeded clones of the initializers, one offset per weight.
-    _next_seed_offset = BaseAttention._next_seed_offset
+    _needs_known_width = True
     # The registry name, set by `register_attention`.
     attention_name = "mega"
 
@@ -210,36 +205,24 @@ class MegaMixing(TokenMixer):
                 f"{name}: `relative_position='rotary'` needs an even `z_dim` (it rotates pairs "
                 f"of dimensions), got z_dim={z_dim!r}."
             )
-        if ssm_learning_rate is not None and not float(ssm_learning_rate) > 0:
-            raise ValueError(
-                f"{name}: `ssm_learning_rate` must be None or > 0, got {ssm_learning_rate!r}."
-            )
+        self.ssm_learning_rate = state_space_utils.checked_ssm_learning_rate(
+            ssm_learning_rate, name
+        )
         self.attention_activation = attention_activation
         self.relative_position = relative_position
         self.bidirectional = bool(bidirectional)
-        self.ssm_learning_rate = None if ssm_learning_rate is None else float(ssm_learning_rate)
         self._dropout_layer = keras.layers.Dropout(
             rate=self.dropout, seed=self.seed, dtype=self.dtype_policy
         )
 
     # ------------------------------------------------------------------ build
 
-    def _check_shapes(self, query_shape, value_shape, key_shape):
-        super()._check_shapes(query_shape, value_shape, key_shape)
-        if query_shape[-1] is None:
-            raise ValueError(
-                f"{type(self).__name__}: the input's last dimension must be known, got shape "
-                f"{tuple(query_shape)}."
-            )
-
     def _seeded(self, initializer):
         """`initializer` cloned with this layer's seed plus a per-weight offset, if seeded."""
         offset = self._next_seed_offset()
         if self.seed is None:
             return attention_utils.clone_initializer(initializer, offset)
-        config = initializer.get_config()
-        config["seed"] = int(self.seed) + 1000 + offset
-        return initializer.__class__.from_config(config)
+        return self._reseeded(initializer, offset)
 
     def _hidden(self, dim: int) -> int:
         return 2 * dim if self.hidden_dim is None else self.hidden_dim
@@ -251,28 +234,23 @@ class MegaMixing(TokenMixer):
         noise = self._beta_noise(shape, dtype="float32")
         return ops.cast(noise + ops.cast(signs, "float32"), dtype or "float32")
 
-    def _ema_weight(self, name, shape, initializer):
-        # float32 under any policy (autocast=False): (1 - alpha delta)^t over 16K steps.
-        return self.add_weight(
-            name=name, shape=shape, initializer=initializer, dtype="float32", autocast=False
-        )
-
     def _build_mixer(self, dim):
         directions = 2 if self.bidirectional else 1
         shape = (directions, dim, self.ema_dim)
         normal = keras.initializers.RandomNormal
-        # The reference code's initialisation of the EMA parameters.
-        self.alpha_logit = self._ema_weight("alpha_logit", shape, self._seeded(normal(0, 0.2)))
-        self.delta_logit = self._ema_weight("delta_logit", shape, self._seeded(normal(0, 0.2)))
+        # The reference code's initialisation of the EMA parameters, float32 under any policy:
+        # (1 - alpha delta)^t over 16K steps.
+        self.alpha_logit = self._float32_weight("alpha_logit", shape, self._seeded(normal(0, 0.2)))
+        self.delta_logit = self._float32_weight("delta_logit", shape, self._seeded(normal(0, 0.2)))
         self._beta_noise = self._seeded(normal(0, 0.02))
-        self.beta = self._ema_weight("beta", shape, self._beta_init)
-        self.eta = self._ema_weight("eta", shape, self._seeded(normal(0, 1.0)))
-        self.omega = self._ema_weight("omega", (dim,), self._seeded(normal(0, 1.0)))
+        self.beta = self._float32_weight("beta", shape, self._beta_init)
+        self.eta = self._float32_weight("eta", shape, self._seeded(normal(0, 1.0)))
+        self.omega = self._float32_weight("omega", (dim,), self._seeded(normal(0, 1.0)))
         hidden = self._hidden(dim)
         self._width_parts = (dim, self.z_dim, hidden, dim)
 
         def dense(units, name):
-            sublayer = BaseAttention._sublayer_kwargs(self)
+            sublayer = self._sublayer_kwargs()
             layer = keras.layers.Dense(units, use_bias=self.use_bias, name=name, **sublayer)
             return layer
 
@@ -293,27 +271,15 @@ class MegaMixing(TokenMixer):
         )
         if self.relative_position == "simple":
             span = self.chunk_size or self.max_positions
-            self.position_bias = self.add_weight(
-                name="position_bias",
-                shape=(2 * span - 1,),
-                initializer=self._seeded(normal(0, 0.02)),
-                dtype="float32",
-                autocast=False,
+            self.position_bias = self._float32_weight(
+                "position_bias", (2 * span - 1,), self._seeded(normal(0, 0.02))
             )
         else:
-            self.rotary_a = self.add_weight(
-                name="rotary_a",
-                shape=(self.z_dim,),
-                initializer=self._seeded(normal(0, 0.02)),
-                dtype="float32",
-                autocast=False,
+            self.rotary_a = self._float32_weight(
+                "rotary_a", (self.z_dim,), self._seeded(normal(0, 0.02))
             )
-            self.rotary_b = self.add_weight(
-                name="rotary_b",
-                shape=(self.z_dim,),
-                initializer=self._seeded(normal(0, 0.02)),
-                dtype="float32",
-                autocast=False,
+            self.rotary_b = self._float32_weight(
+                "rotary_b", (self.z_dim,), self._seeded(normal(0, 0.02))
             )
 
     @property
@@ -338,14 +304,7 @@ class MegaMixing(TokenMixer):
         """
         _, decay, weight = self.ema_coefficients()
         log_decay = ops.log(decay)
-        if isinstance(length, int):
-            inner = max(1, math.isqrt(max(length - 1, 0)) + 1)
-        else:
-            inner = ops.cast(ops.ceil(ops.sqrt(ops.cast(length, "float32"))), "int32")
-            inner = ops.maximum(inner, 1)
-        outer = _ceil_div(length, inner)
-        i = ops.cast(ops.arange(inner), "float32")
-        j = ops.cast(ops.arange(outer), "float32") * ops.cast(inner, "float32")
+        i, j = state_space_utils.factored_lags(length)
         low = weight[..., None] * ops.exp(log_decay[..., None] * i)
         high = ops.exp(log_decay[..., None] * j)
         k = ops.einsum("xdhi,xdhj->xdji", low, high)
@@ -358,20 +317,12 @@ class MegaMixing(TokenMixer):
         """The EMA `y + omega * x` (before the SiLU) of `x` `[batch, L, dim]` float32."""
         length = attention_utils.dim(x, 1)
         k = self.ema_kernel(length)
-        forward = k[0]
+        backward = None
         if self.bidirectional and not causal:
-            # Lags -1, -2, ... at the end of the 2L circle; lag 0 of the backward kernel is
-            # dropped (the reference code's `shift`): x_t enters once, through the forward one.
-            lag_l = ops.zeros_like(forward[:, :1])
-            kernel = ops.concatenate([forward, lag_l, ops.flip(k[1][:, 1:], axis=-1)], axis=-1)
-        else:
-            kernel = ops.concatenate([forward, ops.zeros_like(forward)], axis=-1)
-        u = ops.transpose(x, (0, 2, 1))
-        u = ops.concatenate([u, ops.zeros_like(u)], axis=-1)
-        k_re, k_im = ops.rfft(kernel)
-        u_re, u_im = ops.rfft(u)
-        y = ops.irfft((u_re * k_re - u_im * k_im, u_re * k_im + u_im * k_re))[..., :length]
-        return ops.transpose(y, (0, 2, 1)) + x * self.omega
+            # Lag 0 of the backward kernel is dropped (the reference code's `shift`): x_t
+            # enters once, through the forward one; its lags 1, 2, ... weigh x_{t+1}, x_{t+2}.
+            backward = ops.concatenate([k[1][:, 1:], ops.zeros_like(k[1][:, :1])], axis=-1)
+        return state_space_utils.long_convolution(x, k[0], backward) + x * self.omega
 
     # ------------------------------------------------------------------ attention
 
@@ -495,9 +446,7 @@ class MegaMixing(TokenMixer):
         hidden = self._hidden(dim)
         directions = 1 if causal or not self.bidirectional else 2
         kernel = 4 * query_length * self.ema_dim * dim * directions
-        n = 2 * query_length
-        fft = int(2.5 * n * math.log2(n)) if n > 1 else 0
-        ema = kernel + batch * dim * (3 * fft + 6 * (query_length + 1))
+        ema = kernel + state_space_utils.long_convolution_flops(batch, dim, query_length)
         chunk = self._chunk_length(query_length)
         attention = 2 * batch * query_length * chunk * (self.z_dim + hidden)
         return int(ema + attention)

@@ -7,21 +7,13 @@ import math
 import keras
 from keras import ops
 
-from lra_keras.layers.attention import attention_utils
-from lra_keras.layers.attention.base_attention import BaseAttention
+from lra_keras.layers.attention import attention_utils, state_space_utils
 from lra_keras.layers.attention.registry import register_attention
+from lra_keras.layers.attention.state_space_utils import complex_mul
 from lra_keras.layers.attention.token_mixer import TokenMixer
 
 INITS = ("lin", "inv")
 ACTIVATIONS = ("gelu", "relu", "silu", "tanh", "linear")
-
-
-def _complex_mul(a_re, a_im, b_re, b_im):
-    return a_re * b_re - a_im * b_im, a_re * b_im + a_im * b_re
-
-
-def _ceil_div(a, b):
-    return (a + b - 1) // b
 
 
 @register_attention("s4d")
@@ -133,8 +125,7 @@ class S4DMixing(TokenMixer):
     # Its `dropout` (S4's, after the activation) is applied in training, so the zoo passes
     # the preset's attention dropout on as it does for attention probabilities.
     has_attention_probabilities = True
-    # The base's seeded clones of the initializers, one offset per weight.
-    _next_seed_offset = BaseAttention._next_seed_offset
+    _needs_known_width = True
     # The registry name, set by `register_attention`.
     attention_name = "s4d"
 
@@ -166,44 +157,26 @@ class S4DMixing(TokenMixer):
             raise ValueError(
                 f"{name}: `activation` must be one of {ACTIVATIONS}, got {activation!r}."
             )
-        if not (0.0 < float(dt_min) <= float(dt_max)):
-            raise ValueError(
-                f"{name}: `dt_min` and `dt_max` must satisfy 0 < dt_min <= dt_max, got "
-                f"dt_min={dt_min!r}, dt_max={dt_max!r}."
-            )
-        if ssm_learning_rate is not None and not float(ssm_learning_rate) > 0:
-            raise ValueError(
-                f"{name}: `ssm_learning_rate` must be None or > 0, got {ssm_learning_rate!r}."
-            )
+        self.dt_min, self.dt_max = state_space_utils.checked_step_range(dt_min, dt_max, name)
+        self.ssm_learning_rate = state_space_utils.checked_ssm_learning_rate(
+            ssm_learning_rate, name
+        )
         self.bidirectional = bool(bidirectional)
         self.init = init
-        self.dt_min = float(dt_min)
-        self.dt_max = float(dt_max)
         self.activation = activation
         self.gated_output = bool(gated_output)
-        self.ssm_learning_rate = None if ssm_learning_rate is None else float(ssm_learning_rate)
         self._dropout_layer = keras.layers.Dropout(
             rate=self.dropout, seed=self.seed, dtype=self.dtype_policy
         )
 
     # ------------------------------------------------------------------ build
 
-    def _check_shapes(self, query_shape, value_shape, key_shape):
-        super()._check_shapes(query_shape, value_shape, key_shape)
-        if query_shape[-1] is None:
-            raise ValueError(
-                f"{type(self).__name__}: the input's last dimension must be known, got shape "
-                f"{tuple(query_shape)}."
-            )
-
     def _seeded(self, initializer):
         """`initializer` with its own seed (base seed + a per-weight offset), if seeded."""
+        # S4D numbers its draws apart from the projection's clone offset (`_sublayer_kwargs`),
+        # so that its seeded initial weights stay what they have always been.
         self._draws = getattr(self, "_draws", 0) + 1
-        if self.seed is None:
-            return initializer
-        config = initializer.get_config()
-        config["seed"] = int(self.seed) + 1000 + self._draws
-        return initializer.__class__.from_config(config)
+        return self._reseeded(initializer, self._draws)
 
     def _a_imag_init(self, shape, dtype=None):
         n = ops.arange(shape[-1], dtype="float32")
@@ -217,63 +190,30 @@ class S4DMixing(TokenMixer):
     def _build_mixer(self, dim):
         modes = self.state_dim // 2
         directions = 2 if self.bidirectional else 1
-        # The state-space parameters stay float32 under any policy (autocast=False): exp(dt A l)
-        # over 16K steps.
-        self.log_dt = self.add_weight(
-            name="log_dt",
-            shape=(dim,),
-            initializer=self._seeded(
+        # The state-space parameters stay float32 under any policy: exp(dt A l) over 16K steps.
+        self.log_dt = self._float32_weight(
+            "log_dt",
+            (dim,),
+            self._seeded(
                 keras.initializers.RandomUniform(math.log(self.dt_min), math.log(self.dt_max))
             ),
-            dtype="float32",
-            autocast=False,
         )
-        self.log_a_real = self.add_weight(
-            name="log_a_real",
-            shape=(dim, modes),
-            initializer=keras.initializers.Constant(math.log(0.5)),
-            dtype="float32",
-            autocast=False,
+        self.log_a_real = self._float32_weight(
+            "log_a_real", (dim, modes), keras.initializers.Constant(math.log(0.5))
         )
-        self.a_imag = self.add_weight(
-            name="a_imag",
-            shape=(dim, modes),
-            initializer=self._a_imag_init,
-            dtype="float32",
-            autocast=False,
-        )
+        self.a_imag = self._float32_weight("a_imag", (dim, modes), self._a_imag_init)
         # B = 1 as S4D initialises it (a free B is redundant with C per mode, but it is part of
         # the paper's parameterisation and trained at the state-space learning rate).
-        self.b_real = self.add_weight(
-            name="b_real", shape=(dim, modes), initializer="ones", dtype="float32", autocast=False
-        )
-        self.b_imag = self.add_weight(
-            name="b_imag", shape=(dim, modes), initializer="zeros", dtype="float32", autocast=False
-        )
+        self.b_real = self._float32_weight("b_real", (dim, modes), "ones")
+        self.b_imag = self._float32_weight("b_imag", (dim, modes), "zeros")
         # C ~ complex standard normal (real and imaginary parts of variance 1/2).
         c_init = keras.initializers.RandomNormal(stddev=math.sqrt(0.5))
-        self.c_real = self.add_weight(
-            name="c_real",
-            shape=(directions, dim, modes),
-            initializer=self._seeded(c_init),
-            dtype="float32",
-            autocast=False,
+        self.c_real = self._float32_weight("c_real", (directions, dim, modes), self._seeded(c_init))
+        self.c_imag = self._float32_weight("c_imag", (directions, dim, modes), self._seeded(c_init))
+        self.d_skip = self._float32_weight(
+            "d_skip", (dim,), self._seeded(keras.initializers.RandomNormal(stddev=1.0))
         )
-        self.c_imag = self.add_weight(
-            name="c_imag",
-            shape=(directions, dim, modes),
-            initializer=self._seeded(c_init),
-            dtype="float32",
-            autocast=False,
-        )
-        self.d_skip = self.add_weight(
-            name="d_skip",
-            shape=(dim,),
-            initializer=self._seeded(keras.initializers.RandomNormal(stddev=1.0)),
-            dtype="float32",
-            autocast=False,
-        )
-        sublayer = BaseAttention._sublayer_kwargs(self)
+        sublayer = self._sublayer_kwargs()
         sublayer["kernel_initializer"] = self._seeded(sublayer["kernel_initializer"])
         self._output_dense = keras.layers.Dense(
             2 * dim if self.gated_output else dim,
@@ -306,19 +246,13 @@ class S4DMixing(TokenMixer):
         denom = ops.square(a_re) + ops.square(a_im)
         q_re = (num_re * a_re + num_im * a_im) / denom
         q_im = (num_im * a_re - num_re * a_im) / denom
-        bb_re, bb_im = _complex_mul(q_re, q_im, self.b_real, self.b_imag)
-        w_re, w_im = _complex_mul(self.c_real, self.c_imag, bb_re[None], bb_im[None])
+        bb_re, bb_im = complex_mul(q_re, q_im, self.b_real, self.b_imag)
+        w_re, w_im = complex_mul(self.c_real, self.c_imag, bb_re[None], bb_im[None])
         return (dta_re, dta_im), (w_re, w_im)
 
     def convolution_kernel(self, length):
         """K `[dirs, dim, length]` float32: `K_l = 2 Re(sum_n C_n B_bar_n exp(dt A_n l))`."""
         (dta_re, dta_im), (w_re, w_im) = self.discretized()
-        if isinstance(length, int):
-            inner = max(1, math.isqrt(max(length - 1, 0)) + 1)
-        else:
-            inner = ops.cast(ops.ceil(ops.sqrt(ops.cast(length, "float32"))), "int32")
-            inner = ops.maximum(inner, 1)
-        outer = _ceil_div(length, inner)
 
         def powers(steps):
             # exp(dt A * steps): [dim, N/2, len(steps)].
@@ -327,12 +261,12 @@ class S4DMixing(TokenMixer):
             magnitude = ops.exp(x_re)
             return magnitude * ops.cos(x_im), magnitude * ops.sin(x_im)
 
-        i = ops.cast(ops.arange(inner), "float32")
-        j = ops.cast(ops.arange(outer), "float32") * ops.cast(inner, "float32")
+        # A_bar^(i + j) = A_bar^i A_bar^j with i < inner ~ sqrt(L) and j multiples of inner.
+        i, j = state_space_utils.factored_lags(length)
         p_re, p_im = powers(i)
         q_re, q_im = powers(j)
         # (W A_bar^i)[dirs, dim, N/2, inner], then Re(sum_n (W A_bar^i) A_bar^(inner j)).
-        wp_re, wp_im = _complex_mul(w_re[..., None], w_im[..., None], p_re[None], p_im[None])
+        wp_re, wp_im = complex_mul(w_re[..., None], w_im[..., None], p_re[None], p_im[None])
         lhs = ops.concatenate([wp_re, -wp_im], axis=2)
         rhs = ops.concatenate([q_re, q_im], axis=1)
         k = 2.0 * ops.einsum("dhni,hnj->dhji", lhs, rhs)
@@ -348,9 +282,7 @@ class S4DMixing(TokenMixer):
         u = attention_utils.to_float32(x)
         if mask is not None:
             u = attention_utils.zero_padded(u, mask)
-        length = ops.shape(u)[1]
-        y = self._convolve(ops.transpose(u, (0, 2, 1)), length, causal=causal)
-        y = ops.transpose(y, (0, 2, 1)) + u * self.d_skip
+        y = self._convolve(u, causal=causal) + u * self.d_skip
         if self.activation == "gelu":
             y = ops.gelu(y, approximate=False)
         elif self.activation != "linear":
@@ -365,20 +297,12 @@ class S4DMixing(TokenMixer):
             y = attention_utils.zero_padded(y, mask)
         return y
 
-    def _convolve(self, u, length, causal: bool):
-        """Linear convolution of `u` `[batch, dim, L]` with the kernel, by FFT of size 2L."""
-        k = self.convolution_kernel(length)
-        zeros = ops.zeros_like(k[0])
-        if self.bidirectional and not causal:
-            # Lags -1, -2, ... sit at the end of the 2L circle (S4's bidirectional layout).
-            k = ops.concatenate([k[0], ops.flip(k[1], axis=-1)], axis=-1)
-        else:
-            k = ops.concatenate([k[0], zeros], axis=-1)
-        u = ops.concatenate([u, ops.zeros_like(u)], axis=-1)
-        k_re, k_im = ops.rfft(k)
-        u_re, u_im = ops.rfft(u)
-        y = ops.irfft(_complex_mul(u_re, u_im, k_re, k_im))
-        return y[..., :length]
+    def _convolve(self, u, causal: bool):
+        """Linear convolution of `u` `[batch, L, dim]` with the kernel, by FFT of size 2L."""
+        k = self.convolution_kernel(ops.shape(u)[1])
+        # The backward kernel's lag 0 weighs u_{t+1} (lags -1, -2, ...: S4's layout).
+        backward = k[1] if self.bidirectional and not causal else None
+        return state_space_utils.long_convolution(u, k[0], backward)
 
     # ------------------------------------------------------------------ cost
 
@@ -397,9 +321,8 @@ class S4DMixing(TokenMixer):
         dim = self._width("attention_flops")
         directions = 1 if causal or not self.bidirectional else 2
         kernel = 8 * query_length * (self.state_dim // 2) * dim * directions
-        n = 2 * query_length
-        fft = int(2.5 * n * math.log2(n)) if n > 1 else 0
-        return int(kernel + batch * dim * (3 * fft + 6 * (query_length + 1)))
+        convolution = state_space_utils.long_convolution_flops(batch, dim, query_length)
+        return int(kernel + convolution)
 
     def get_config(self) -> dict:
         config = super().get_config()

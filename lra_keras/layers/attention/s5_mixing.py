@@ -8,12 +8,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from lra_keras.layers.attention import attention_utils
-from lra_keras.layers.attention.linear_recurrence_mixer import (
-    LinearRecurrenceMixer,
-    complex_mul,
-)
+from lra_keras.layers.attention import attention_utils, state_space_utils
+from lra_keras.layers.attention.linear_recurrence_mixer import LinearRecurrenceMixer
 from lra_keras.layers.attention.registry import register_attention
+from lra_keras.layers.attention.state_space_utils import complex_mul
 
 C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
 # Keras's (and flax's) truncated normal is cut at two standard deviations; this is the
@@ -178,18 +176,10 @@ class S5Mixing(LinearRecurrenceMixer):
                 f"block's modes come in conjugate pairs), got state_dim={self.state_dim}, "
                 f"blocks={self.blocks}."
             )
-        for arg, value in (("dt_min", dt_min), ("dt_max", dt_max)):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name}: `{arg}` must be a number, got {value!r}.")
-        if not (0.0 < float(dt_min) <= float(dt_max)):
-            raise ValueError(
-                f"{name}: `dt_min` and `dt_max` must satisfy 0 < dt_min <= dt_max, got "
-                f"dt_min={dt_min!r}, dt_max={dt_max!r}."
-            )
+        state_space_utils.check_numbers(name, dt_min=dt_min, dt_max=dt_max)
+        self.dt_min, self.dt_max = state_space_utils.checked_step_range(dt_min, dt_max, name)
         if C_init not in C_INITS:
             raise ValueError(f"{name}: `C_init` must be one of {C_INITS}, got {C_init!r}.")
-        self.dt_min = float(dt_min)
-        self.dt_max = float(dt_max)
         self.C_init = C_init
         self.clip_eigs = bool(clip_eigs)
 

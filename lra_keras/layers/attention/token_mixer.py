@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from lra_keras.layers.attention import attention_utils
+from lra_keras.layers.attention.base_attention import BaseAttention
 from lra_keras.layers.attention.mha_contract import (
     check_attention_dropout,
     check_call_capabilities,
@@ -34,7 +35,9 @@ class TokenMixer(keras.layers.Layer):
     (`supports_causal`, `strictly_causal`, `supports_cross_attention`, `needs_static_length`,
     `supports_attention_scores`, `supports_attention_mask`, `supports_rotary`,
     `has_attention_probabilities`), registers itself with `register_attention`, creates its
-    weights in `_build_mixer(dim)` and mixes in `_mix(x, mask, causal, training)`.
+    weights in `_build_mixer(dim)` and mixes in `_mix(x, mask, causal, training)`. A mixer
+    with weights sets `_needs_known_width` (build then refuses an unknown last dimension) and
+    draws them with `_seeded` initializers, `_float32_weight` and `_sublayer_kwargs`.
 
     Args:
         num_heads: int or None. Unused by the mixing; with `key_dim`, the width before build.
@@ -78,6 +81,13 @@ class TokenMixer(keras.layers.Layer):
         mixing in place of attention).
     """
 
+    # A mixer whose weights are shaped by the input width refuses an unknown last dimension.
+    _needs_known_width = False
+    # BaseAttention's seeded clones of the initializers, one offset per weight, and its
+    # arguments for a projection sublayer.
+    _next_seed_offset = BaseAttention._next_seed_offset
+    _sublayer_kwargs = BaseAttention._sublayer_kwargs
+
     def __init__(
         self,
         num_heads: int | None = None,
@@ -115,6 +125,11 @@ class TokenMixer(keras.layers.Layer):
     def _check_shapes(self, query_shape, value_shape, key_shape):
         check_input_shapes(self, query_shape, value_shape, key_shape)
         dim = query_shape[-1]
+        if self._needs_known_width and dim is None:
+            raise ValueError(
+                f"{type(self).__name__}: the input's last dimension must be known, got shape "
+                f"{tuple(query_shape)}."
+            )
         if self._output_shape is not None and dim is not None:
             out = self._output_shape
             out = (out,) if isinstance(out, int) else tuple(out)
@@ -136,6 +151,31 @@ class TokenMixer(keras.layers.Layer):
 
     def _build_mixer(self, dim):
         """Creates the mixer's weights for an input of width `dim`; the default has none."""
+
+    def _seeded(self, initializer):
+        """`initializer` with its own seed (the layer's seed + a per-weight offset), if seeded."""
+        if self.seed is None:
+            # No offset is taken: the projection's clone (`_sublayer_kwargs`) keeps its own.
+            return initializer
+        return self._reseeded(initializer, self._next_seed_offset())
+
+    def _reseeded(self, initializer, offset: int):
+        """A copy of `initializer` seeded with `seed + 1000 + offset`; itself if `seed` is None."""
+        if self.seed is None:
+            return initializer
+        config = initializer.get_config()
+        config["seed"] = int(self.seed) + 1000 + offset
+        return initializer.__class__.from_config(config)
+
+    def _float32_weight(self, name, shape, initializer):
+        """A weight kept float32 under any dtype policy (`autocast=False`).
+
+        For state-space parameters: powers such as Lambda^k over 16K steps would be
+        meaningless in float16 or bfloat16.
+        """
+        return self.add_weight(
+            name=name, shape=shape, initializer=initializer, dtype="float32", autocast=False
+        )
 
     def call(
         self,
