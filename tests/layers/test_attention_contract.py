@@ -20,6 +20,22 @@ except ImportError:
     tf = None
 
 NAMES = sorted(ATTENTIONS)
+# On JAX every new shape compiles, so a check costs a few seconds per name there. `make test`'s
+# JAX pass runs the checks whose logic is Keras's own plumbing (the implicit mask, dropout's
+# switch, non-finite values flowing through keras.ops) on these names, one of each kind of
+# kernel (dense, tiled, banded, kernelised, stateful k-means, FFT, scan, EMA + attention); the
+# others are marked slow there (`KERAS_BACKEND=jax pytest -m slow tests/layers` runs them).
+# TensorFlow runs every name.
+JAX_SAMPLE = ("full", "chunked", "local", "performer", "routing", "s4d", "lru", "s5", "mega")
+
+
+def sampled_on_jax(names) -> list:
+    """`names`, with those outside JAX_SAMPLE marked slow when the backend is JAX."""
+    if keras.backend.backend() != "jax":
+        return list(names)
+    return [n if n in JAX_SAMPLE else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
 # Tests that drive the layers through TensorFlow itself (tf.function with unknown shapes,
 # tf.distribute); the suite's other tests run on any Keras backend.
 tensorflow_only = pytest.mark.skipif(
@@ -377,7 +393,7 @@ def test_seeded_initializer_gives_distinct_weights(name, extra):
     assert_no_two_weights_equal(layer.weights)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", sampled_on_jax(NAMES))
 def test_non_finite_padding_gives_zero_padded_rows(name):
     layer = make_layer(name)
     x, mask = inputs(name)
@@ -398,7 +414,7 @@ def token_ids(name, seed=0):
     return np.where(mask, ids, 0).astype("int32"), mask
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", sampled_on_jax(NAMES))
 def test_keras_implicit_mask_equals_explicit_masks(name):
     # The everyday Keras input: an Embedding with mask_zero=True feeding the layer (and the
     # encoder block) in a functional model, with no mask passed by hand.
@@ -486,10 +502,7 @@ def test_fit_on_padded_batches_of_varying_length(name, causal):
     assert np.isfinite(history.history["loss"][0])
 
 
-@pytest.mark.parametrize(
-    "name",
-    NAMES,
-)
+@pytest.mark.parametrize("name", sampled_on_jax(NAMES))
 def test_attention_dropout_applies_or_is_refused(name):
     cls = ATTENTIONS[name]
     if not cls.has_attention_probabilities:

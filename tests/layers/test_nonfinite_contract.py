@@ -14,7 +14,7 @@ import pytest
 
 from lra_keras.layers import ATTENTIONS
 from tests.backends.backend_testing import to_numpy
-from tests.layers.test_attention_contract import NAMES, call, inputs, make_layer
+from tests.layers.test_attention_contract import NAMES, call, inputs, make_layer, sampled_on_jax
 
 # Position 1 is real in both rows of the contract inputs (row 1 is padded after
 # `length // 2 + 1` tokens).
@@ -32,7 +32,7 @@ def non_trainable(layer):
     return [to_numpy(w).copy() for w in layer.non_trainable_weights]
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", sampled_on_jax(NAMES))
 def test_non_finite_input_propagates(name):
     # The contract suite's shapes: on JAX, whose eager ops compile once per shape, the calls
     # reuse what its tests compiled.
@@ -52,7 +52,7 @@ def test_non_finite_input_propagates(name):
                 np.testing.assert_allclose(y[0], clean[0], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", sampled_on_jax(NAMES))
 def test_non_finite_batch_updates_no_state(name):
     layer = make_layer(name)
     x, mask = inputs(name)

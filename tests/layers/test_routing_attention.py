@@ -364,6 +364,9 @@ DISTRIBUTED = textwrap.dedent(
 )
 
 
+# Slow (a TensorFlow subprocess with two logical CPUs); the contract suite builds every
+# variant inside strategy.run in `make test`.
+@pytest.mark.slow
 def test_centroid_update_under_mirrored_strategy_equals_single_device():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root, KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="")

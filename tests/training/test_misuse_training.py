@@ -270,7 +270,13 @@ def test_strategy_tpu_without_a_tpu_is_a_value_error_naming_it():
     [
         ("lra-train", "lra_keras.training.cli", ["--model_dir", "--strategy", "--set"]),
         ("lra-data", "lra_keras.data.cli", ["listops", "pathfinder", "prepare", "--out"]),
-        ("lra-export", "lra_keras.export.cli", ["--model_dir", "--out", "--overwrite"]),
+        # Slow: its --help loads TensorFlow (16 s on a loaded core); the other two do not.
+        pytest.param(
+            "lra-export",
+            "lra_keras.export.cli",
+            ["--model_dir", "--out", "--overwrite"],
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_help_lists_the_commands_own_flags_and_subcommands(command, module, expected):

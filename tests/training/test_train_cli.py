@@ -41,6 +41,9 @@ def lra_train(data_dir, model_dir, *flags):
     ]
 
 
+# Slow (a minute of subprocesses): `make test` covers SIGTERM in-process (test_trainer) and
+# through the JAX CLI (test_jax_trainer), and a changed configuration in test_resume_faults.
+@pytest.mark.slow
 def test_sigterm_checkpoints_exits_143_and_another_config_is_refused(listops_dir, tmp_path):
     model_dir = tmp_path / "run"
     process = subprocess.Popen(

@@ -140,6 +140,8 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
     assert any(f.endswith(".index") for f in os.listdir(model_dir / "checkpoints"))
 
 
+# Slow (two TensorFlow worker processes); `make test` keeps the mirrored two-CPU check.
+@pytest.mark.slow
 def test_multi_worker_mirrored_on_two_local_workers(tmp_path):
     ports = []
     for _ in range(2):
@@ -218,13 +220,20 @@ def assert_one_line_error(done, message, prog="lra-train"):
     "flags,message",
     [
         (["--task", "imdb"], "Unknown task 'imdb'"),
-        (["--task", "listops", "--bogus_flag", "1"], "bogus_flag"),
-        (["--task", "listops", "--attention", "fulll"], "Unknown attention 'fulll'"),
         (["--task", "listops", "--set", "num_layer=3"], "Unknown config key"),
-        (["--task", "listops", "--set", "oops"], "--set takes key=value"),
-        (["--task", "listops", "--strategy", "gpu"], "strategy"),
-        (["--task", "listops", "--data_option", "oops"], "--data_option must be key=value"),
-        (["--task", "listops", "--data_option", "difficulty=easy"], "Unknown options"),
+        # Each case is a TensorFlow process (10-20 s on a loaded core): `make test` runs the
+        # two above, one flag check and one config check; `make test-all` all of them.
+        *(
+            pytest.param(*case, marks=pytest.mark.slow)
+            for case in [
+                (["--task", "listops", "--bogus_flag", "1"], "bogus_flag"),
+                (["--task", "listops", "--attention", "fulll"], "Unknown attention 'fulll'"),
+                (["--task", "listops", "--set", "oops"], "--set takes key=value"),
+                (["--task", "listops", "--strategy", "gpu"], "strategy"),
+                (["--task", "listops", "--data_option", "oops"], "--data_option must be key=value"),
+                (["--task", "listops", "--data_option", "difficulty=easy"], "Unknown options"),
+            ]
+        ),
     ],
 )
 def test_cli_bad_flags_give_clear_errors(tmp_path, flags, message):

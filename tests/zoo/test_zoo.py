@@ -40,6 +40,11 @@ if keras.backend.backend() == "jax":
     # attention once in a task model (ListOps), and on every task `full` and the variants with
     # static needs (the grid ones among them). The TensorFlow pass runs the whole sweep.
     SWEEP = [(t, n) for t, n in SWEEP if t == "listops" or n in STATIC_NEEDS]
+# `full` on Path-256 (65,536 tokens) is quadratic: 40 s on a core, so slow.
+SWEEP = [
+    pytest.param(t, n, marks=pytest.mark.slow) if (t, n) == ("pathfinder256", "full") else (t, n)
+    for t, n in SWEEP
+]
 
 
 def has_grid_argument(cls) -> bool:
