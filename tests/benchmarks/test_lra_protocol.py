@@ -98,6 +98,9 @@ def test_bad_arguments_are_one_line(tmp_path):
         lra_protocol.main(["--budget_s=0", f"--out_dir={tmp_path}"])
 
 
+# Slow (30 s of subprocesses): `make test` trains on JAX with TensorFlow blocked through the
+# CLI in test_jax_trainer, and runs this command's smoke on TensorFlow above.
+@pytest.mark.slow
 def test_smoke_on_jax_where_tensorflow_is_not_installed(tmp_path):
     from tests.backends import no_tensorflow
 
