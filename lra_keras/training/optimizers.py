@@ -98,22 +98,28 @@ class GroupedAdamW(keras.optimizers.AdamW):
 
     def __init__(self, *args, lr_groups=(), no_decay=(), **kwargs):
         super().__init__(*args, **kwargs)
-        self._lr_groups = [(list(variables), float(m)) for variables, m in lr_groups]
-        grouped = [v for variables, _ in self._lr_groups for v in variables]
+        # Variable keys, never the variables: a variable held in an attribute is tracked as
+        # the optimizer's own, so the model's weights would be saved again in its checkpoints
+        # and, under `model.fit` on JAX, donated twice to one step (a JAX runtime error).
+        self._lr_scale = {}
+        for variables, multiplier in lr_groups:
+            for v in variables:
+                self._lr_scale[self._var_key(v)] = float(multiplier)
+        grouped = [v for variables, _ in lr_groups for v in variables]
         grouped += [v for v in no_decay if all(v is not g for g in grouped)]
         if grouped:
-            # One call: Keras keeps only the last call's list.
+            # One call: Keras keeps only the last call's list (as keys, not variables).
             self.exclude_from_weight_decay(var_list=grouped)
         self._lr_multipliers = []
 
+    def learning_rate_multiplier(self, variable) -> float:
+        """The multiple of the learning rate at which `variable` steps (1.0 outside groups)."""
+        return self._lr_scale.get(self._var_key(variable), 1.0)
+
     def build(self, var_list):
         super().build(var_list)
-        scale = {}
-        for variables, multiplier in self._lr_groups:
-            for v in variables:
-                scale[self._var_key(v)] = multiplier
         # Python floats by variable index, read while tracing `update_step`.
-        self._lr_multipliers = [scale.get(self._var_key(v), 1.0) for v in var_list]
+        self._lr_multipliers = [self.learning_rate_multiplier(v) for v in var_list]
 
     def update_step(self, gradient, variable, learning_rate):
         multiplier = self._lr_multipliers[self._get_variable_index(variable)]

@@ -7,6 +7,7 @@ import tensorflow as tf
 from lra_keras.layers import S4DMixing
 from lra_keras.training.lra_schedule import LRASchedule
 from lra_keras.training.optimizers import GroupedAdamW, build_optimizer
+from lra_keras.zoo import build_model
 
 ADAM = dict(beta_1=0.9, beta_2=0.98, epsilon=1e-9)
 
@@ -169,3 +170,16 @@ def test_default_config_keeps_plain_adamw_and_unknown_groups_are_refused():
 
     with pytest.raises(ValueError, match="no_weight_decay"):
         build_optimizer(model, 1e-3, learning_rate=1e-3, no_weight_decay=["gamma"])
+
+
+def test_the_optimizer_holds_no_model_variable():
+    # Held as its own, a model weight would be checkpointed twice and, under model.fit on
+    # JAX, donated twice to one step ("Attempt to donate the same buffer twice").
+    model = build_model("pathfinder", "s5", "tiny", norm="batch", no_weight_decay=["bias"])
+    optimizer = build_optimizer(model, 1e-3, learning_rate=1e-3, weight_decay=0.1)
+    assert isinstance(optimizer, GroupedAdamW)
+    optimizer.build(model.trainable_variables)
+    model_ids = {id(v) for v in model.variables}
+    assert not [v.path for v in optimizer.variables if id(v) in model_ids]
+    # Adam's two slots per trainable variable, and the step count and learning rate.
+    assert len(optimizer.variables) == 2 * len(model.trainable_variables) + 2

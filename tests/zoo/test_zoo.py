@@ -597,3 +597,24 @@ def test_mixed_precision_gives_float32_logits(policy):
     assert logits.dtype == "float32"
     assert np.isfinite(float(loss))
     assert model.get_layer("encoder").compute_dtype == policy.split("_")[1]
+
+
+def test_fit_with_the_runs_optimizer_on_a_state_space_model():
+    # The zoo's optimizer (state-space learning-rate and no-decay groups) under plain
+    # `model.fit`, on every backend: on JAX a model weight held by the optimizer was donated
+    # twice to the step and failed.
+    from lra_keras.training.optimizers import GroupedAdamW, build_optimizer
+
+    keras.utils.set_random_seed(0)
+    model = build_model("pathfinder", "s5", "tiny", norm="batch", no_weight_decay=["bias"])
+    optimizer = build_optimizer(model, 1e-3, learning_rate=1e-3, weight_decay=0.1)
+    assert isinstance(optimizer, GroupedAdamW)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    config = get_config("pathfinder", "s5", "tiny")
+    x = tokens_for(config, batch=8)
+    y = np.arange(8, dtype="int32") % 2
+    before = [keras.ops.convert_to_numpy(v).copy() for v in model.trainable_variables]
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    after = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    assert any(not np.array_equal(a, b) for a, b in zip(after, before, strict=True))
