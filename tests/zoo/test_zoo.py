@@ -41,7 +41,7 @@ if keras.backend.backend() == "jax":
     # static needs (the grid ones among them). The TensorFlow pass runs the whole sweep.
     SWEEP = [(t, n) for t, n in SWEEP if t == "listops" or n in STATIC_NEEDS]
 # `full` on Path-256 (65,536 tokens) is quadratic: 40 s on a core, so slow.
-SWEEP = [
+SWEEP_PARAMS = [
     pytest.param(t, n, marks=pytest.mark.slow) if (t, n) == ("pathfinder256", "full") else (t, n)
     for t, n in SWEEP
 ]
@@ -148,7 +148,7 @@ def fakes(monkeypatch):
 # ------------------------------------------------------------------------------- the sweep
 
 
-@pytest.mark.parametrize("task,name", SWEEP)
+@pytest.mark.parametrize("task,name", SWEEP_PARAMS)
 def test_tiny_forward_backward(task, name):
     # The every-variant image sweep uses a 16x16 grid to stay fast; other tasks run as preset.
     overrides = {"image_shape": [16, 16]} if task == "image" else {}
