@@ -2,6 +2,7 @@
 its first step at the target are read from a run folder's records."""
 
 import argparse
+import json
 
 import pytest
 
@@ -26,12 +27,14 @@ def _args(**kwargs):
 
 
 def test_the_command_builds_the_recipes_model():
-    from lra_keras.training.cli import parse_overrides
+    # Not lra_keras.training.cli's parser: importing that module defines absl flags that
+    # another CLI module imported in the same test process already holds.
     from lra_keras.training.train_task import build_run_config
 
     command = pathfinder_curve.train_command(_args(), "data/pf", "runs/pf")
     sets = [part.split("=", 1)[1] for part in command if part.startswith("--set=")]
-    config = build_run_config("pathfinder", "s5", "small", overrides=parse_overrides(sets))
+    overrides = {key: json.loads(value) for key, value in (s.split("=", 1) for s in sets)}
+    config = build_run_config("pathfinder", "s5", "small", overrides=overrides)
     assert config["num_layers"] == 4 and config["dropout"] == 0.0
     assert config["norm"] == "batch" and config["input_encoding"] == "linear"
     assert config["pooling"] == "mean" and config["warmup_steps"] == 200
