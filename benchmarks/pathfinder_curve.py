@@ -1,6 +1,6 @@
 """Pathfinder-32 on 2 CPU cores: the learning curve of a model that leaves chance.
 
-    python -m benchmarks.pathfinder_curve [--attention s5] [--difficulty easy]
+    KERAS_BACKEND=jax python -m benchmarks.pathfinder_curve [--attention s5] [--difficulty easy]
         [--num_images 64000] [--num_train_steps 3600] [--eval_every 300] [--budget_s 0]
         [--cores 1] [--out_dir results/pathfinder_curve]
     python -m benchmarks.pathfinder_curve --smoke     # end to end in seconds
@@ -21,7 +21,8 @@ command resumes it. `--cores N` pins the run to the first N cores (`taskset`), s
 budget is stated in CPU time.
 
 Before a long run, `python -m benchmarks.pathfinder_checks` checks that the pipeline can
-overfit and that shuffled labels stay at chance.
+overfit and that shuffled labels stay at chance. Last run (the defaults, JAX, one core, 1.9
+CPU-hours): validation at chance at every step, test 0.513 (README, Benchmarks).
 """
 
 from __future__ import annotations
