@@ -57,6 +57,9 @@ RECIPE_ATTENTION_KWARGS = {
         "dt_max": 0.1,
         "ssm_learning_rate": 0.0009,
     },
+    # LRU's own Pathfinder row (ring [0.9, 0.999], bidirectional, full GLU) at s5's state
+    # size above, so the two runs cost about the same per step.
+    "lru": {"state_dim": 64},
 }
 STOP_GRACE_S = 300
 
