@@ -92,6 +92,9 @@ class FNetMixing(TokenMixer):
         x = attention_utils.to_float32(x)
         if mask is not None:
             x = ops.where(mask[..., None], x, 0.0)
+        if 0 in tuple(x.shape):
+            # An empty batch or sequence has an empty transform (torch's MKL FFT refuses one).
+            return ops.cast(ops.zeros_like(x), self.compute_dtype)
         real, _ = ops.fft2((x, ops.zeros_like(x)))
         if mask is not None:
             real = ops.where(mask[..., None], real, 0.0)

@@ -185,7 +185,9 @@ class S4DMixing(TokenMixer):
         else:
             big_n = float(self.state_dim)
             values = big_n / math.pi * (big_n / (2.0 * n + 1.0) - 1.0)
-        return ops.cast(ops.broadcast_to(values, shape), dtype or "float32")
+        # Added to zeros, not broadcast: on torch a broadcast is a strided view that a variable
+        # would share, and `set_weights` cannot write into it.
+        return ops.cast(ops.zeros(shape, "float32") + values, dtype or "float32")
 
     def _build_mixer(self, dim):
         modes = self.state_dim // 2
